@@ -1,0 +1,31 @@
+// Build: generate protobuf code, type-check and emit (tests run from the emitted JS), then bundle
+// each entry point into one file so that a shim `start` loads a single script.
+import { execFileSync } from "node:child_process";
+import { build } from "esbuild";
+
+const run = (cmd, args) => execFileSync(cmd, args, { stdio: "inherit" });
+run("node_modules/.bin/buf", ["generate"]);
+run("node_modules/.bin/tsc", ["-p", "."]);
+
+const entries = {
+  "containerd-shim-cocoon-v2": "src/shim/bin.ts",
+  cocoon: "src/cli/main.ts",
+  "cocoon-agent": "src/agent/main.ts",
+};
+await Promise.all(
+  Object.entries(entries).map(([name, entry]) =>
+    build({
+      entryPoints: [entry],
+      outfile: `dist/${name}.cjs`,
+      bundle: true,
+      platform: "node",
+      target: "node20",
+      format: "cjs",
+      // koffi loads a prebuilt native module by path at run time; it cannot be inlined.
+      external: ["koffi"],
+      sourcemap: "linked",
+      legalComments: "none",
+      logLevel: "warning",
+    }),
+  ),
+);
