@@ -8,7 +8,7 @@ run("node_modules/.bin/buf", ["generate"]);
 run("node_modules/.bin/tsc", ["-p", "."]);
 
 const entries = {
-  "containerd-shim-cocoon-v2": "src/shim/bin.ts",
+  "containerd-shim-cocoon-v2": "src/cli/shim-main.ts",
   cocoon: "src/cli/main.ts",
   "cocoon-agent": "src/agent/main.ts",
 };

@@ -1,0 +1,65 @@
+// Entry point of containerd-shim-cocoon-v2: wires the shim SDK to the runtimes (the only place
+// that knows both) and dispatches containerd's `start` / `delete` and our own `daemon` action.
+import { parseShimFlags, FlagError } from "../shim/flags.js";
+import { deleteCommand, startCommand, writeStdout } from "../shim/bootstrap.js";
+import { runDaemon } from "../shim/daemon.js";
+import { RuncRuntime } from "../runtime/runc/runtime.js";
+import { cleanupRuncBundle } from "../runtime/runc/cleanup.js";
+import { invalidArgument } from "../shim/errors.js";
+import { sys } from "../sys/index.js";
+
+const VERSION = "0.1.0";
+
+async function main(argv: string[]): Promise<number> {
+  let flags;
+  try {
+    flags = parseShimFlags(argv);
+  } catch (err) {
+    if (err instanceof FlagError) {
+      process.stderr.write(`containerd-shim-cocoon-v2: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (flags.version) {
+    writeStdout(`containerd-shim-cocoon-v2 version ${VERSION}\n`);
+    return 0;
+  }
+  switch (flags.action) {
+    case "start": {
+      const daemonArgv = [process.argv[1]!, "-namespace", flags.namespace, "-address", flags.address,
+        "-publish-binary", flags.publishBinary, "-id", flags.id, ...(flags.debug ? ["-debug"] : []), "daemon"];
+      const { address } = await startCommand(flags, daemonArgv);
+      writeStdout(address);
+      return 0;
+    }
+    case "delete": {
+      const out = await deleteCommand(flags, { runc: (id, bundle, state) => cleanupRuncBundle(sys, id, bundle, state) });
+      writeStdout(out);
+      return 0;
+    }
+    case "daemon":
+      await runDaemon(flags, {
+        sys,
+        makeRuntime(mode, ctx, reaper) {
+          if (mode === "runc") return new RuncRuntime(ctx, sys, reaper);
+          throw invalidArgument(`mode "${mode}" is not available in this build`);
+        },
+      });
+      return -1;
+    default:
+      process.stderr.write(`containerd-shim-cocoon-v2: unknown action "${flags.action}" (want start or delete)\n`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (err) => {
+    // For `start`, containerd shows our combined output as the failure reason.
+    process.stdout.write(`containerd-shim-cocoon-v2: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  },
+);

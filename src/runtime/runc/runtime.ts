@@ -1,0 +1,306 @@
+// runc mode: each container is an ordinary Linux container made by the OCI runtime CLI (runc or
+// crun). The shim mounts the rootfs, runs `create`/`start`/`exec` with pid files, and learns exits
+// through the reaper, since every container process ends up re-parented to the shim.
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../shim/errors.js";
+import { mountAll, unmountAll } from "../../shim/mount.js";
+import type { Reaper } from "../../shim/reaper.js";
+import type {
+  CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
+} from "../../shim/runtime.js";
+import { ProcessIO } from "../../shim/stdio.js";
+import type { FdReceiver, Sys } from "../../sys/types.js";
+import { CgroupPaths, cgroupRelPath } from "./cgroups.js";
+import type { RuncBundleState } from "./cleanup.js";
+import { STATE_FILE, writeBundleState } from "../../shim/bootstrap.js";
+import { OciCli, resolveBinary } from "./cli.js";
+
+interface ExecProc {
+  io: ProcessIO;
+  pid: number;
+  specFile: string;
+  terminal: boolean;
+}
+
+interface ContainerRec {
+  id: string;
+  namespace: string;
+  bundle: string;
+  rootfs: string;
+  mounted: boolean;
+  cli: OciCli;
+  io: ProcessIO;
+  initPid: number;
+  execs: Map<string, ExecProc>;
+  cgroup: CgroupPaths;
+  stopOom: () => void;
+  criu: string;
+}
+
+const consoleSocketPath = () => path.join(os.tmpdir(), `cocoon-pty-${randomBytes(6).toString("hex")}.sock`);
+
+function readPid(file: string): number {
+  const pid = Number(readFileSync(file, "utf8").trim());
+  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`bad pid file ${file}`);
+  return pid;
+}
+
+export class RuncRuntime implements Runtime {
+  private containers = new Map<string, ContainerRec>();
+
+  constructor(
+    private readonly ctx: RuntimeContext,
+    private readonly sys: Sys,
+    private readonly reaper: Reaper,
+  ) {}
+
+  private rec(id: string): ContainerRec {
+    const c = this.containers.get(id);
+    if (!c) throw notFound(`container ${id}`);
+    return c;
+  }
+
+  private execRec(c: ContainerRec, execId: string): ExecProc {
+    const e = c.execs.get(execId);
+    if (!e) throw notFound(`process does not exist ${execId}`);
+    return e;
+  }
+
+  async create(req: CreateRequest): Promise<{ pid: number }> {
+    const runc = { ...this.ctx.config.runc, ...req.runcOverrides };
+    const cli = new OciCli({
+      binary: runc.binary,
+      root: path.join(runc.root, req.namespace),
+      systemdCgroup: runc.systemdCgroup,
+      logDir: req.bundle,
+    });
+    mkdirSync(path.join(runc.root, req.namespace), { recursive: true, mode: 0o711 });
+    if (req.checkpoint) throw unimplemented("restoring from a checkpoint is not supported in runc mode yet");
+    const rootfs = path.resolve(req.bundle, req.spec.root?.path ?? "rootfs");
+    const log = this.ctx.log.child({ id: req.id });
+    const cleanups: Array<() => void> = [];
+    try {
+      if (req.rootfs.length > 0) {
+        mountAll(this.sys, req.rootfs, rootfs);
+        cleanups.push(() => unmountAll(this.sys, rootfs));
+      } else if (!existsSync(rootfs) || readdirSync(rootfs).length === 0) {
+        throw invalidArgument(`bundle ${req.bundle} has no rootfs: no mounts were given and ${rootfs} is missing or empty`);
+      }
+      const io = await ProcessIO.open(req.stdio, { id: req.id, namespace: req.namespace, sys: this.sys });
+      cleanups.push(() => io.close());
+      let receiver: FdReceiver | undefined;
+      const args = ["--bundle", req.bundle, "--pid-file", path.join(req.bundle, "init.pid")];
+      if (req.stdio.terminal) {
+        receiver = this.sys.receiveFd(consoleSocketPath(), 30_000);
+        cleanups.push(() => receiver!.close());
+        args.push("--console-socket", receiver.path);
+      }
+      if (runc.noPivotRoot) args.push("--no-pivot");
+      if (runc.noNewKeyring) args.push("--no-new-keyring");
+      args.push(req.id);
+      try {
+        await cli.run("create", args, { stdio: io.childFds() });
+      } finally {
+        io.releaseChildFds();
+      }
+      cleanups.push(() => void cli.run("delete", ["--force", req.id]).catch(() => {}));
+      if (receiver) io.attachConsole(await receiver.received);
+      const pid = readPid(path.join(req.bundle, "init.pid"));
+      const cgroup = new CgroupPaths(cgroupRelPath(req.spec.linux?.cgroupsPath, req.id));
+      const rec: ContainerRec = {
+        id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
+        cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath,
+      };
+      rec.stopOom = cgroup.watchOom(this.sys, () => this.ctx.events.oom(req.id));
+      const state: RuncBundleState = { mode: "runc", binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
+      writeBundleState(req.bundle, state);
+      this.containers.set(req.id, rec);
+      this.reaper.watch(pid, (e) => {
+        log.debug("init exited", { pid, status: e.status });
+        this.ctx.events.exited({ containerId: req.id, execId: "" }, pid, { status: e.status, at: e.at });
+      });
+      return { pid };
+    } catch (err) {
+      for (const undo of cleanups.reverse()) {
+        try {
+          undo();
+        } catch (e) {
+          log.warn("cleanup after failed create", { err: (e as Error).message });
+        }
+      }
+      throw err;
+    }
+  }
+
+  async start(ref: ProcessRef): Promise<{ pid: number }> {
+    const c = this.rec(ref.containerId);
+    if (!ref.execId) {
+      await c.cli.run("start", [c.id]);
+      return { pid: c.initPid };
+    }
+    const e = this.execRec(c, ref.execId);
+    const pidFile = path.join(c.bundle, `exec-${ref.execId}.pid`);
+    const args = ["--detach", "--pid-file", pidFile, "--process", e.specFile];
+    let receiver: FdReceiver | undefined;
+    if (e.terminal) {
+      receiver = this.sys.receiveFd(consoleSocketPath(), 30_000);
+      args.push("--console-socket", receiver.path);
+    }
+    args.push(c.id);
+    try {
+      try {
+        await c.cli.run("exec", args, { stdio: e.io.childFds() });
+      } finally {
+        e.io.releaseChildFds();
+      }
+      if (receiver) e.io.attachConsole(await receiver.received);
+    } catch (err) {
+      receiver?.close();
+      throw err;
+    } finally {
+      rmSync(e.specFile, { force: true });
+    }
+    e.pid = readPid(pidFile);
+    rmSync(pidFile, { force: true });
+    const pid = e.pid;
+    this.reaper.watch(pid, (x) => this.ctx.events.exited(ref, pid, { status: x.status, at: x.at }));
+    return { pid };
+  }
+
+  async exec(req: ExecRequest): Promise<void> {
+    const c = this.rec(req.containerId);
+    const proc = { ...req.process, terminal: req.stdio.terminal };
+    const args = (req.process as { args?: unknown }).args;
+    if (!Array.isArray(args) || args.length === 0) {
+      throw invalidArgument(`exec ${req.execId}: process spec has no args`);
+    }
+    const specFile = path.join(c.bundle, `exec-${req.execId}.json`);
+    writeFileSync(specFile, JSON.stringify(proc));
+    try {
+      const io = await ProcessIO.open(req.stdio, { id: req.execId, namespace: c.namespace, sys: this.sys });
+      c.execs.set(req.execId, { io, pid: 0, specFile, terminal: req.stdio.terminal });
+    } catch (err) {
+      rmSync(specFile, { force: true });
+      throw err;
+    }
+  }
+
+  async kill(ref: ProcessRef, signal: number, all: boolean): Promise<void> {
+    const c = this.rec(ref.containerId);
+    if (!ref.execId) {
+      const args = all ? ["--all", c.id, String(signal)] : [c.id, String(signal)];
+      await c.cli.run("kill", args);
+      return;
+    }
+    const e = this.execRec(c, ref.execId);
+    try {
+      process.kill(e.pid, signal);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ESRCH") throw notFound("process already finished");
+      throw err;
+    }
+  }
+
+  async delete(ref: ProcessRef): Promise<void> {
+    const c = this.rec(ref.containerId);
+    if (ref.execId) {
+      const e = c.execs.get(ref.execId);
+      if (e) {
+        e.io.close();
+        rmSync(e.specFile, { force: true });
+        c.execs.delete(ref.execId);
+      }
+      return;
+    }
+    try {
+      await c.cli.run("delete", ["--force", c.id]);
+    } catch (err) {
+      if ((err as { kind?: string }).kind !== "NotFound") throw err;
+    }
+    this.release(c);
+  }
+
+  private release(c: ContainerRec) {
+    c.stopOom();
+    this.reaper.unwatch(c.initPid);
+    for (const e of c.execs.values()) e.io.close();
+    c.io.close();
+    if (c.mounted) unmountAll(this.sys, c.rootfs);
+    rmSync(path.join(c.bundle, "init.pid"), { force: true });
+    rmSync(path.join(c.bundle, STATE_FILE), { force: true });
+    this.containers.delete(c.id);
+  }
+
+  async pids(containerId: string): Promise<PidInfo[]> {
+    const c = this.rec(containerId);
+    const out = await c.cli.run("ps", ["--format", "json", c.id]);
+    let pids: number[];
+    try {
+      pids = JSON.parse(out || "[]") ?? [];
+    } catch {
+      throw new Error(`unexpected ps output: ${out.slice(0, 200)}`);
+    }
+    const byPid = new Map<number, string>();
+    for (const [execId, e] of c.execs) if (e.pid) byPid.set(e.pid, execId);
+    return pids.map((pid) => ({ pid, execId: byPid.get(pid) ?? "" }));
+  }
+
+  async pause(containerId: string) {
+    const c = this.rec(containerId);
+    await c.cli.run("pause", [c.id]);
+  }
+
+  async resume(containerId: string) {
+    const c = this.rec(containerId);
+    await c.cli.run("resume", [c.id]);
+  }
+
+  async update(containerId: string, resources: Record<string, unknown>) {
+    const c = this.rec(containerId);
+    const file = path.join(c.bundle, `resources-${randomBytes(4).toString("hex")}.json`);
+    writeFileSync(file, JSON.stringify(resources));
+    try {
+      await c.cli.run("update", ["--resources", file, c.id]);
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
+
+  async stats(containerId: string): Promise<Stats> {
+    return this.rec(containerId).cgroup.stats();
+  }
+
+  async resizePty(ref: ProcessRef, width: number, height: number) {
+    const c = this.rec(ref.containerId);
+    const io = ref.execId ? this.execRec(c, ref.execId).io : c.io;
+    if (io.console < 0) return;
+    this.sys.setWinsize(io.console, height, width);
+  }
+
+  async closeStdin(ref: ProcessRef) {
+    const c = this.rec(ref.containerId);
+    (ref.execId ? this.execRec(c, ref.execId).io : c.io).closeStdin();
+  }
+
+  async checkpoint(containerId: string, imagePath: string, _options: Record<string, unknown>) {
+    const c = this.rec(containerId);
+    try {
+      resolveBinary(c.criu || "criu");
+    } catch {
+      throw failedPrecondition("checkpoint needs CRIU, which is not installed (apt-get install criu)");
+    }
+    await c.cli.run("checkpoint", ["--image-path", imagePath, "--leave-running", c.id]);
+  }
+
+  async shutdown() {
+    for (const c of [...this.containers.values()]) {
+      try {
+        await c.cli.run("delete", ["--force", c.id]);
+      } catch {}
+      this.release(c);
+    }
+  }
+}

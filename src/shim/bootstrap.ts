@@ -1,0 +1,198 @@
+// The two commands containerd runs: `start` (find or launch the daemon for this container's group
+// and print its address) and `delete` (clean up after a task whose daemon may be gone).
+import { mkdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
+import { socketPath, toAddress } from "./address.js";
+import { spawnChild } from "./children.js";
+import type { CocoonConfig } from "./config.js";
+import type { ShimFlags } from "./flags.js";
+import { decodeOptionsAny, resolveConfig, type RuntimeOptions } from "./options.js";
+
+/** Annotations that put containers in one shim, first match wins (CRI's pod id, runc's group). */
+export const GROUP_ANNOTATIONS = ["io.cocoon.group", "io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+
+export function groupOf(annotations: Record<string, string> | undefined, id: string): string {
+  for (const k of GROUP_ANNOTATIONS) {
+    const v = annotations?.[k];
+    if (v) return v;
+  }
+  return id;
+}
+
+/** Socket of the daemon that serves this container: per pod, or one per node and config file. */
+export function daemonSocket(flags: ShimFlags, cfg: CocoonConfig, annotations: Record<string, string> | undefined): string {
+  if (cfg.grouping === "node") return socketPath(flags.address, "cocoon-node", cfg.mode, cfg.source || "default");
+  return socketPath(flags.address, flags.namespace, groupOf(annotations, flags.id));
+}
+
+function readStdin(): Buffer {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(65536);
+  for (;;) {
+    let n = 0;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "EAGAIN") continue;
+      if (code === "EOF" || code === "EBADF" || code === "ENXIO") break;
+      throw err;
+    }
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks);
+}
+
+function canConnect(p: string, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(p);
+    const done = (ok: boolean) => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(ok);
+    };
+    const t = setTimeout(() => done(false), timeoutMs);
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+  });
+}
+
+function listen(p: string): Promise<net.Server | "in-use"> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", (err: NodeJS.ErrnoException) => (err.code === "EADDRINUSE" ? resolve("in-use") : reject(err)));
+    srv.listen({ path: p, backlog: 128 }, () => resolve(srv));
+  });
+}
+
+function writeAddressFile(bundle: string, address: string) {
+  const tmp = path.join(bundle, ".address");
+  writeFileSync(tmp, address, { mode: 0o600 });
+  renameSync(tmp, path.join(bundle, "address"));
+}
+
+function readAnnotations(bundle: string): Record<string, string> | undefined {
+  try {
+    return JSON.parse(readFileSync(path.join(bundle, "config.json"), "utf8")).annotations;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface StartResult {
+  address: string;
+  reused: boolean;
+}
+
+/**
+ * `start`: containerd reads our combined stdout+stderr as the address, so nothing else may be
+ * printed, and it waits for every holder of that pipe, so the daemon gets no inherited stdio.
+ */
+export async function startCommand(flags: ShimFlags, daemonArgv: string[]): Promise<StartResult> {
+  const bundle = process.cwd();
+  const optionBytes = readStdin();
+  const opts: RuntimeOptions = decodeOptionsAny(optionBytes);
+  const cfg = resolveConfig(opts);
+  const sock = daemonSocket(flags, cfg, readAnnotations(bundle));
+  const address = toAddress(sock);
+  mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const srv = await listen(sock);
+    if (srv === "in-use") {
+      if (await canConnect(sock, 100)) {
+        writeAddressFile(bundle, address);
+        return { address, reused: true };
+      }
+      try {
+        unlinkSync(sock);
+      } catch {}
+      continue;
+    }
+    // The daemon inherits the listening socket as fd 3: containerd may connect as soon as we
+    // exit, and the kernel queues that connection until the daemon accepts it.
+    const fd = (srv as unknown as { _handle: { fd: number } })._handle.fd;
+    const child = spawnChild(process.execPath, [...process.execArgv, ...daemonArgv], {
+      cwd: bundle,
+      detached: true,
+      stdio: ["ignore", "ignore", "ignore", fd],
+      env: { ...process.env, COCOON_OPTIONS: Buffer.from(optionBytes).toString("base64"), COCOON_SOCKET: sock },
+    });
+    child.unref();
+    adjustOomScore(child.pid);
+    if (opts.kind === "runc" && opts.shimCgroup && child.pid) joinCgroup(opts.shimCgroup, child.pid);
+    srv.close();
+    writeAddressFile(bundle, address);
+    return { address, reused: false };
+  }
+  throw new Error(`cannot listen on ${sock}: stale socket keeps coming back`);
+}
+
+/** Like containerd's shims: a bit more likely to be OOM-killed than containerd itself. */
+function adjustOomScore(pid: number | undefined) {
+  if (!pid) return;
+  try {
+    const parent = Number(readFileSync(`/proc/${process.ppid}/oom_score_adj`, "utf8"));
+    writeFileSync(`/proc/${pid}/oom_score_adj`, String(Math.min(parent + 1, 1000)));
+  } catch {}
+}
+
+function joinCgroup(cg: string, pid: number) {
+  for (const base of ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"]) {
+    try {
+      writeFileSync(path.join(base, cg, "cgroup.procs"), String(pid));
+    } catch {}
+  }
+}
+
+/** What a runtime leaves in the bundle so `delete` can clean up without the daemon. */
+export interface BundleState {
+  mode: string;
+  [k: string]: unknown;
+}
+
+export const STATE_FILE = "cocoon-state.json";
+
+export function writeBundleState(bundle: string, state: BundleState) {
+  const tmp = path.join(bundle, `.${STATE_FILE}`);
+  writeFileSync(tmp, JSON.stringify(state));
+  renameSync(tmp, path.join(bundle, STATE_FILE));
+}
+
+export function readBundleState(bundle: string): BundleState | undefined {
+  try {
+    return JSON.parse(readFileSync(path.join(bundle, STATE_FILE), "utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+export type Cleanup = (id: string, bundle: string, state: BundleState) => Promise<{ pid: number }>;
+
+/**
+ * `delete`: containerd runs this after every task and after a daemon died. It must be idempotent,
+ * finish within containerd's 5 s, and print only the raw DeleteResponse on stdout.
+ */
+export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, Cleanup>): Promise<Uint8Array> {
+  const bundle = flags.bundle || process.cwd();
+  const state = readBundleState(bundle);
+  let pid = 0;
+  if (state) {
+    const cleanup = cleanups[state.mode];
+    if (cleanup) pid = (await cleanup(flags.id, bundle, state)).pid;
+  }
+  const res = create(DeleteResponseSchema, { pid, exitStatus: 128 + 9, exitedAt: timestampFromDate(new Date()) });
+  return toBinary(DeleteResponseSchema, res);
+}
+
+export function writeStdout(bytes: Uint8Array | string) {
+  const fd = 1;
+  let off = 0;
+  const buf = typeof bytes === "string" ? Buffer.from(bytes) : Buffer.from(bytes);
+  while (off < buf.length) off += writeSync(fd, buf, off);
+}
+

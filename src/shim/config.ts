@@ -1,0 +1,137 @@
+// The Cocoon config file (TOML). One file per RuntimeClass handler; the CRI plugin points the shim at
+// it through runtime options (ConfigPath). Every key has a default, so an absent file means runc mode.
+import { readFileSync } from "node:fs";
+import { parse } from "smol-toml";
+import { invalidArgument } from "./errors.js";
+
+export type Mode = "runc" | "vm";
+export type Grouping = "pod" | "node";
+
+export interface RuncConfig {
+  /** OCI runtime CLI: "runc", "crun" or an absolute path. */
+  binary: string;
+  /** Base of the OCI runtime's --root; the namespace is appended. */
+  root: string;
+  systemdCgroup: boolean;
+  noPivotRoot: boolean;
+  noNewKeyring: boolean;
+  criuPath: string;
+}
+
+export interface VmConfig {
+  qemu: string;
+  kernel: string;
+  initrd: string;
+  /** "auto" probes KVM with a bounded boot and falls back to TCG. */
+  accel: "auto" | "kvm" | "tcg";
+  vcpus: number;
+  memoryMiB: number;
+  bootTimeoutSec: number;
+  kernelParams: string;
+  sharedFs: "9p" | "virtio-fs";
+}
+
+export interface CocoonConfig {
+  mode: Mode;
+  grouping: Grouping;
+  logLevel: "debug" | "info" | "warn" | "error";
+  runc: RuncConfig;
+  vm: VmConfig;
+  /** Where the file came from ("" = built-in defaults). */
+  source: string;
+}
+
+export const DEFAULT_ASSET_DIR = "/usr/local/share/cocoon";
+
+export function defaultConfig(): CocoonConfig {
+  return {
+    mode: "runc",
+    grouping: "pod",
+    logLevel: "info",
+    runc: { binary: "runc", root: "/run/containerd/cocoon", systemdCgroup: false, noPivotRoot: false, noNewKeyring: false, criuPath: "" },
+    vm: {
+      qemu: "qemu-system-x86_64",
+      kernel: `${DEFAULT_ASSET_DIR}/vmlinuz`,
+      initrd: `${DEFAULT_ASSET_DIR}/initramfs.cpio.gz`,
+      accel: "auto",
+      vcpus: 1,
+      memoryMiB: 512,
+      bootTimeoutSec: 60,
+      kernelParams: "",
+      sharedFs: "9p",
+    },
+    source: "",
+  };
+}
+
+type Table = Record<string, unknown>;
+
+function pick<T>(table: Table, key: string, kind: "string" | "boolean" | "number", where: string, fallback: T): T {
+  if (!(key in table)) return fallback;
+  const v = table[key];
+  if (typeof v !== kind) throw invalidArgument(`config ${where}: "${key}" must be a ${kind}, got ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+function oneOf<T extends string>(v: string, allowed: readonly T[], what: string, where: string): T {
+  if (!(allowed as readonly string[]).includes(v)) throw invalidArgument(`config ${where}: ${what} must be one of ${allowed.join(", ")}, got "${v}"`);
+  return v as T;
+}
+
+function checkKeys(table: Table, allowed: string[], where: string, section: string) {
+  for (const k of Object.keys(table)) {
+    if (!allowed.includes(k)) throw invalidArgument(`config ${where}: unknown key "${section}${k}"`);
+  }
+}
+
+/** Parses config text; `where` names the source in error messages. Unknown keys are errors so typos surface. */
+export function parseConfig(text: string, where: string): CocoonConfig {
+  let doc: Table;
+  try {
+    doc = parse(text) as Table;
+  } catch (err) {
+    throw invalidArgument(`config ${where}: ${(err as Error).message.split("\n")[0]}`);
+  }
+  const cfg = defaultConfig();
+  cfg.source = where;
+  checkKeys(doc, ["mode", "grouping", "log_level", "runc", "vm"], where, "");
+  cfg.mode = oneOf(pick(doc, "mode", "string", where, cfg.mode), ["runc", "vm"] as const, "mode", where);
+  cfg.grouping = oneOf(pick(doc, "grouping", "string", where, cfg.grouping), ["pod", "node"] as const, "grouping", where);
+  cfg.logLevel = oneOf(pick(doc, "log_level", "string", where, cfg.logLevel), ["debug", "info", "warn", "error"] as const, "log_level", where);
+  const runc = (doc["runc"] ?? {}) as Table;
+  checkKeys(runc, ["binary", "root", "systemd_cgroup", "no_pivot_root", "no_new_keyring", "criu_path"], where, "runc.");
+  cfg.runc = {
+    binary: pick(runc, "binary", "string", where, cfg.runc.binary),
+    root: pick(runc, "root", "string", where, cfg.runc.root),
+    systemdCgroup: pick(runc, "systemd_cgroup", "boolean", where, cfg.runc.systemdCgroup),
+    noPivotRoot: pick(runc, "no_pivot_root", "boolean", where, cfg.runc.noPivotRoot),
+    noNewKeyring: pick(runc, "no_new_keyring", "boolean", where, cfg.runc.noNewKeyring),
+    criuPath: pick(runc, "criu_path", "string", where, cfg.runc.criuPath),
+  };
+  const vm = (doc["vm"] ?? {}) as Table;
+  checkKeys(vm, ["qemu", "kernel", "initrd", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs"], where, "vm.");
+  cfg.vm = {
+    qemu: pick(vm, "qemu", "string", where, cfg.vm.qemu),
+    kernel: pick(vm, "kernel", "string", where, cfg.vm.kernel),
+    initrd: pick(vm, "initrd", "string", where, cfg.vm.initrd),
+    accel: oneOf(pick(vm, "accel", "string", where, cfg.vm.accel), ["auto", "kvm", "tcg"] as const, "vm.accel", where),
+    vcpus: pick(vm, "vcpus", "number", where, cfg.vm.vcpus),
+    memoryMiB: pick(vm, "memory_mib", "number", where, cfg.vm.memoryMiB),
+    bootTimeoutSec: pick(vm, "boot_timeout_sec", "number", where, cfg.vm.bootTimeoutSec),
+    kernelParams: pick(vm, "kernel_params", "string", where, cfg.vm.kernelParams),
+    sharedFs: oneOf(pick(vm, "shared_fs", "string", where, cfg.vm.sharedFs), ["9p", "virtio-fs"] as const, "vm.shared_fs", where),
+  };
+  if (!Number.isInteger(cfg.vm.vcpus) || cfg.vm.vcpus < 1) throw invalidArgument(`config ${where}: vm.vcpus must be a positive integer`);
+  if (!Number.isInteger(cfg.vm.memoryMiB) || cfg.vm.memoryMiB < 64) throw invalidArgument(`config ${where}: vm.memory_mib must be an integer >= 64`);
+  return cfg;
+}
+
+export function loadConfigFile(path: string): CocoonConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw invalidArgument(`cannot read cocoon config ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  return parseConfig(text, path);
+}

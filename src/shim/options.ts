@@ -1,0 +1,64 @@
+// Runtime options arrive as a protobuf Any (on `start` stdin and in Create.options): runc's own
+// options for runtimes configured like runc-v2, or the generic options the CRI plugin sends for
+// other runtime types, whose ConfigPath (or inline body) selects the Cocoon config file.
+import { fromBinary } from "@bufbuild/protobuf";
+import { AnySchema } from "@bufbuild/protobuf/wkt";
+import { OptionsSchema as RuncOptionsSchema } from "../gen/containerd/runc/options/oci_pb.js";
+import { OptionsSchema as GenericOptionsSchema } from "../gen/containerd/runtimeoptions/v1/api_pb.js";
+import { defaultConfig, loadConfigFile, parseConfig, type CocoonConfig, type RuncConfig } from "./config.js";
+import { invalidArgument } from "./errors.js";
+
+export type RuntimeOptions =
+  | { kind: "none" }
+  | { kind: "runc"; runc: Partial<RuncConfig>; shimCgroup: string; ioUid: number; ioGid: number }
+  | { kind: "generic"; configPath: string; configBody: Uint8Array };
+
+const bareType = (typeUrl: string) => typeUrl.slice(typeUrl.lastIndexOf("/") + 1);
+
+export function decodeOptions(typeUrl: string, value: Uint8Array): RuntimeOptions {
+  const type = bareType(typeUrl);
+  try {
+    if (type === "containerd.runc.v1.Options") {
+      const o = fromBinary(RuncOptionsSchema, value);
+      const runc: Partial<RuncConfig> = {};
+      if (o.binaryName) runc.binary = o.binaryName;
+      if (o.root) runc.root = o.root;
+      if (o.systemdCgroup) runc.systemdCgroup = true;
+      if (o.noPivotRoot) runc.noPivotRoot = true;
+      if (o.noNewKeyring) runc.noNewKeyring = true;
+      if (o.criuPath) runc.criuPath = o.criuPath;
+      return { kind: "runc", runc, shimCgroup: o.shimCgroup, ioUid: o.ioUid, ioGid: o.ioGid };
+    }
+    if (type === "runtimeoptions.v1.Options") {
+      const o = fromBinary(GenericOptionsSchema, value);
+      return { kind: "generic", configPath: o.configPath, configBody: o.configBody };
+    }
+  } catch (err) {
+    throw invalidArgument(`malformed runtime options ${type}: ${(err as Error).message}`);
+  }
+  throw invalidArgument(`unsupported runtime options type "${typeUrl}" (want containerd.runc.v1.Options or runtimeoptions.v1.Options)`);
+}
+
+/** Decodes the raw bytes of a marshalled Any (what containerd writes to `start` stdin). */
+export function decodeOptionsAny(bytes: Uint8Array): RuntimeOptions {
+  if (bytes.length === 0) return { kind: "none" };
+  let any;
+  try {
+    any = fromBinary(AnySchema, bytes);
+  } catch (err) {
+    throw invalidArgument(`malformed runtime options: ${(err as Error).message}`);
+  }
+  if (!any.typeUrl) return { kind: "none" };
+  return decodeOptions(any.typeUrl, any.value);
+}
+
+/** The config for these options: the file they name, else $COCOON_CONFIG, else built-in defaults. */
+export function resolveConfig(opts: RuntimeOptions, env: NodeJS.ProcessEnv = process.env): CocoonConfig {
+  let cfg: CocoonConfig;
+  if (opts.kind === "generic" && opts.configBody.length > 0) cfg = parseConfig(new TextDecoder().decode(opts.configBody), "(inline config body)");
+  else if (opts.kind === "generic" && opts.configPath) cfg = loadConfigFile(opts.configPath);
+  else if (env["COCOON_CONFIG"]) cfg = loadConfigFile(env["COCOON_CONFIG"]);
+  else cfg = defaultConfig();
+  if (opts.kind === "runc") cfg.runc = { ...cfg.runc, ...opts.runc };
+  return cfg;
+}
