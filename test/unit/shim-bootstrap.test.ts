@@ -1,0 +1,79 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { AnySchema } from "@bufbuild/protobuf/wkt";
+import { parseShimFlags, FlagError } from "../../src/shim/flags.js";
+import { socketPath } from "../../src/shim/address.js";
+import { daemonSocket, groupOf } from "../../src/shim/bootstrap.js";
+import { decodeOptionsAny, resolveConfig } from "../../src/shim/options.js";
+import { parseConfig, defaultConfig } from "../../src/shim/config.js";
+import { OptionsSchema as RuncOptions } from "../../src/gen/containerd/runc/options/oci_pb.js";
+import { OptionsSchema as GenericOptions } from "../../src/gen/containerd/runtimeoptions/v1/api_pb.js";
+import { ShimError } from "../../src/shim/errors.js";
+
+test("parses containerd 1.6 start and delete argv", () => {
+  const f = parseShimFlags(["-namespace", "default", "-address", "/run/containerd/containerd.sock", "-publish-binary", "/usr/bin/containerd", "-id", "probe1", "start"]);
+  assert.deepEqual([f.namespace, f.address, f.publishBinary, f.id, f.action, f.debug], ["default", "/run/containerd/containerd.sock", "/usr/bin/containerd", "probe1", "start", false]);
+  const d = parseShimFlags(["-namespace=k8s.io", "--address", "/a", "-id", "x", "-bundle", "/b", "-debug", "delete"]);
+  assert.deepEqual([d.namespace, d.bundle, d.debug, d.action], ["k8s.io", "/b", true, "delete"]);
+  assert.equal(parseShimFlags(["-v"]).version, true);
+  assert.throws(() => parseShimFlags(["-nosuch", "x"]), FlagError);
+  assert.throws(() => parseShimFlags(["-id"]), FlagError);
+});
+
+test("socket names follow containerd's sha256(address/ns/group) rule", () => {
+  const want = createHash("sha256").update("/run/containerd/containerd.sock/default/probe1").digest("hex");
+  assert.equal(want, "dc7bf9183bb2efe907527d8b5c3681c5c43e1212adb1142ab1529db78a2e1e92");
+  assert.equal(socketPath("/run/containerd/containerd.sock", "default", "probe1"), `/run/containerd/s/${want}`);
+});
+
+test("containers of one pod share a daemon; node grouping shares one per config", () => {
+  const flags = parseShimFlags(["-namespace", "k8s.io", "-address", "/c.sock", "-id", "app1", "start"]);
+  const cfg = defaultConfig();
+  assert.equal(groupOf({ "io.kubernetes.cri.sandbox-id": "pod1" }, "app1"), "pod1");
+  assert.equal(groupOf(undefined, "app1"), "app1");
+  const a = daemonSocket(flags, cfg, { "io.kubernetes.cri.sandbox-id": "pod1" });
+  const b = daemonSocket({ ...flags, id: "app2" }, cfg, { "io.kubernetes.cri.sandbox-id": "pod1" });
+  const c = daemonSocket({ ...flags, id: "lonely" }, cfg, {});
+  assert.equal(a, b);
+  assert.notEqual(a, c);
+  const node = { ...cfg, grouping: "node" as const };
+  assert.equal(daemonSocket(flags, node, { "io.kubernetes.cri.sandbox-id": "p1" }), daemonSocket({ ...flags, id: "z" }, node, {}));
+  assert.notEqual(daemonSocket(flags, node, {}), daemonSocket(flags, { ...node, mode: "vm" }, {}));
+});
+
+test("runtime options: runc options override, generic options select the config file", () => {
+  const runc = toBinary(AnySchema, create(AnySchema, {
+    typeUrl: "containerd.runc.v1.Options",
+    value: toBinary(RuncOptions, create(RuncOptions, { binaryName: "crun", root: "/run/x", noNewKeyring: true })),
+  }));
+  const o = decodeOptionsAny(runc);
+  assert.equal(o.kind, "runc");
+  const cfg = resolveConfig(o, {});
+  assert.equal(cfg.runc.binary, "crun");
+  assert.equal(cfg.runc.root, "/run/x");
+  assert.equal(cfg.runc.noNewKeyring, true);
+  const generic = toBinary(AnySchema, create(AnySchema, {
+    typeUrl: "runtimeoptions.v1.Options",
+    value: toBinary(GenericOptions, create(GenericOptions, { configBody: new TextEncoder().encode('mode = "runc"\ngrouping = "node"\n') })),
+  }));
+  assert.equal(resolveConfig(decodeOptionsAny(generic), {}).grouping, "node");
+  assert.equal(decodeOptionsAny(new Uint8Array()).kind, "none");
+  assert.throws(() => decodeOptionsAny(new Uint8Array([0xff, 0xff, 0xff])), (e: ShimError) => e.kind === "InvalidArgument");
+  const other = toBinary(AnySchema, create(AnySchema, { typeUrl: "foo.Bar", value: new Uint8Array() }));
+  assert.throws(() => decodeOptionsAny(other), (e: ShimError) => e.kind === "InvalidArgument" && /unsupported runtime options/.test(e.message));
+  assert.throws(() => resolveConfig({ kind: "generic", configPath: "/nonexistent/cocoon.toml", configBody: new Uint8Array() }, {}),
+    (e: ShimError) => e.kind === "InvalidArgument" && /nonexistent/.test(e.message));
+});
+
+test("config: defaults, validation, unknown keys are errors", () => {
+  const c = parseConfig('mode = "vm"\n[vm]\nvcpus = 2\nmemory_mib = 256\n', "t.toml");
+  assert.equal(c.mode, "vm");
+  assert.equal(c.vm.vcpus, 2);
+  assert.equal(c.runc.binary, "runc");
+  assert.throws(() => parseConfig('mode = "vmm"', "t.toml"), /mode must be one of/);
+  assert.throws(() => parseConfig('mdoe = "vm"', "t.toml"), /unknown key "mdoe"/);
+  assert.throws(() => parseConfig("[vm]\nvcpus = 0", "t.toml"), /vcpus/);
+  assert.throws(() => parseConfig("mode = ", "t.toml"), (e: ShimError) => e.kind === "InvalidArgument");
+});
