@@ -25,6 +25,7 @@ await Promise.all(
       external: ["koffi"],
       sourcemap: "linked",
       legalComments: "none",
+      logOverride: { "empty-import-meta": "silent" },
       logLevel: "warning",
     }),
   ),

@@ -1,7 +1,8 @@
 // The two commands containerd runs: `start` (find or launch the daemon for this container's group
 // and print its address) and `delete` (clean up after a task whose daemon may be gone).
-import { mkdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import net from "node:net";
+import type { Sys } from "../sys/types.js";
 import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -62,12 +63,14 @@ function canConnect(p: string, timeoutMs: number): Promise<boolean> {
   });
 }
 
-function listen(p: string): Promise<net.Server | "in-use"> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once("error", (err: NodeJS.ErrnoException) => (err.code === "EADDRINUSE" ? resolve("in-use") : reject(err)));
-    srv.listen({ path: p, backlog: 128 }, () => resolve(srv));
-  });
+/** A raw listening fd (not a net.Server, whose close would unlink the path), or "in-use". */
+function listen(sys: Sys, p: string): number | "in-use" {
+  try {
+    return sys.listenUnix(p, 128);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") return "in-use";
+    throw err;
+  }
 }
 
 function writeAddressFile(bundle: string, address: string) {
@@ -93,7 +96,7 @@ export interface StartResult {
  * `start`: containerd reads our combined stdout+stderr as the address, so nothing else may be
  * printed, and it waits for every holder of that pipe, so the daemon gets no inherited stdio.
  */
-export async function startCommand(flags: ShimFlags, daemonArgv: string[]): Promise<StartResult> {
+export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: string[]): Promise<StartResult> {
   const bundle = process.cwd();
   const optionBytes = readStdin();
   const opts: RuntimeOptions = decodeOptionsAny(optionBytes);
@@ -102,8 +105,8 @@ export async function startCommand(flags: ShimFlags, daemonArgv: string[]): Prom
   const address = toAddress(sock);
   mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
   for (let attempt = 0; attempt < 3; attempt++) {
-    const srv = await listen(sock);
-    if (srv === "in-use") {
+    const fd = listen(sys, sock);
+    if (fd === "in-use") {
       if (await canConnect(sock, 100)) {
         writeAddressFile(bundle, address);
         return { address, reused: true };
@@ -115,7 +118,6 @@ export async function startCommand(flags: ShimFlags, daemonArgv: string[]): Prom
     }
     // The daemon inherits the listening socket as fd 3: containerd may connect as soon as we
     // exit, and the kernel queues that connection until the daemon accepts it.
-    const fd = (srv as unknown as { _handle: { fd: number } })._handle.fd;
     const child = spawnChild(process.execPath, [...process.execArgv, ...daemonArgv], {
       cwd: bundle,
       detached: true,
@@ -125,7 +127,7 @@ export async function startCommand(flags: ShimFlags, daemonArgv: string[]): Prom
     child.unref();
     adjustOomScore(child.pid);
     if (opts.kind === "runc" && opts.shimCgroup && child.pid) joinCgroup(opts.shimCgroup, child.pid);
-    srv.close();
+    closeSync(fd);
     writeAddressFile(bundle, address);
     return { address, reused: false };
   }
@@ -185,8 +187,24 @@ export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, C
     const cleanup = cleanups[state.mode];
     if (cleanup) pid = (await cleanup(flags.id, bundle, state)).pid;
   }
+  await removeDeadSocket(bundle);
   const res = create(DeleteResponseSchema, { pid, exitStatus: 128 + 9, exitedAt: timestampFromDate(new Date()) });
   return toBinary(DeleteResponseSchema, res);
+}
+
+/** A daemon killed with SIGKILL leaves its socket file behind; remove it once nobody listens there. */
+async function removeDeadSocket(bundle: string) {
+  let address = "";
+  try {
+    address = readFileSync(path.join(bundle, "address"), "utf8").trim();
+  } catch {
+    return;
+  }
+  const sock = address.replace(/^unix:\/\//, "");
+  if (!sock.startsWith("/") || (await canConnect(sock, 100))) return;
+  try {
+    unlinkSync(sock);
+  } catch {}
 }
 
 export function writeStdout(bytes: Uint8Array | string) {

@@ -22,22 +22,19 @@ export function exitCodeOf(s: ExitStatus): number {
 export class Reaper {
   private watched = new Map<number, (e: Exit) => void>();
   private unclaimed = new Map<number, Exit>();
-  private started = false;
-  private readonly onSignal = () => this.reapAll();
+  private stopSignals: (() => void) | undefined;
 
   constructor(private readonly sys: Sys) {}
 
   start() {
-    if (this.started) return;
-    this.started = true;
+    if (this.stopSignals) return;
     this.sys.setChildSubreaper();
-    process.on("SIGCHLD", this.onSignal);
+    this.stopSignals = this.sys.onSigchld(() => this.reapAll());
   }
 
   stop() {
-    if (!this.started) return;
-    this.started = false;
-    process.off("SIGCHLD", this.onSignal);
+    this.stopSignals?.();
+    this.stopSignals = undefined;
   }
 
   /** Calls onExit once when pid exits (immediately if it already did). */

@@ -74,7 +74,6 @@ export class ProcessIO {
   private stdinWriter = -1;
   private logger: ChildProcess | undefined;
   private streams: Array<net.Socket> = [];
-  private sys!: Sys;
   private consoleFd = -1;
   private stdinPath = "";
   private outputWriters: number[] = [];
@@ -83,7 +82,6 @@ export class ProcessIO {
 
   static async open(stdio: Stdio, ctx: IoContext): Promise<ProcessIO> {
     const io = new ProcessIO(stdio);
-    io.sys = ctx.sys;
     try {
       await io.setup(ctx);
     } catch (err) {
@@ -206,12 +204,10 @@ export class ProcessIO {
       this.stdinWriter = heldWriter;
       const src = new net.Socket({ fd: reader, readable: true, writable: false });
       this.streams.push(src);
-      const writeMaster = new tty.WriteStream(this.sys.dup(masterFd));
-      this.streams.push(writeMaster);
-      writeMaster.on("error", () => {});
-      src.on("data", (d) => writeMaster.write(d));
+      // The tty stream that reads the master also writes to it: one libuv handle per fd.
+      src.on("data", (d) => master.write(d));
       // End of input reaches a canonical-mode pty reader as EOT.
-      src.once("end", () => writeMaster.write(Buffer.from([4])));
+      src.once("end", () => master.write(Buffer.from([4])));
       src.on("error", () => {});
     }
   }

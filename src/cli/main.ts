@@ -1,0 +1,18 @@
+// The `cocoon` command: node setup, diagnostics, and a demo pod.
+import { Command } from "commander";
+
+const program = new Command();
+program.name("cocoon").description("Cocoon: a containerd shim v2 runtime (runc mode and VM-per-pod mode)").version("0.1.0");
+
+program
+  .command("demo")
+  .description("run a demo container through a private containerd and print what it printed")
+  .action(async () => {
+    const { runDemo } = await import("./demo.js");
+    process.exitCode = await runDemo();
+  });
+
+program.parseAsync(process.argv).catch((err) => {
+  process.stderr.write(`cocoon: ${(err as Error).message}\n`);
+  process.exitCode = 1;
+});

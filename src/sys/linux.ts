@@ -1,0 +1,61 @@
+// The real Sys: each call is a thin wrapper over libc through koffi (loaded on first use).
+import { listenAt, receiveFd } from "./fd-receiver.js";
+import { check, libc } from "./libc.js";
+import { mount, umount } from "./mount.js";
+import { watchOomV1 } from "./oom-v1.js";
+import { waitExit } from "./reap.js";
+import type { ExitStatus, FdReceiver, Sys } from "./types.js";
+import { setWinsize } from "./winsize.js";
+
+const PR_SET_CHILD_SUBREAPER = 36;
+const O_CLOEXEC = 0x80000;
+
+export class LinuxSys implements Sys {
+  setChildSubreaper(): void {
+    check(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)");
+  }
+
+  tryReap(pid: number): ExitStatus | null {
+    return waitExit(pid, true);
+  }
+
+  peekExit(pid: number): ExitStatus | null {
+    return waitExit(pid, false);
+  }
+
+  mount(source: string, target: string, fstype: string, flags: number, data: string): void {
+    mount(source, target, fstype, flags, data);
+  }
+
+  umount(target: string, flags: number): void {
+    umount(target, flags);
+  }
+
+  setWinsize(fd: number, rows: number, cols: number): void {
+    setWinsize(fd, rows, cols);
+  }
+
+  receiveFd(path: string, timeoutMs?: number): FdReceiver {
+    return receiveFd(path, timeoutMs);
+  }
+
+  watchOomV1(memCgroupDir: string, onOom: () => void): () => void {
+    return watchOomV1(memCgroupDir, onOom);
+  }
+
+  listenUnix(path: string, backlog: number): number {
+    return listenAt(path, backlog, false);
+  }
+
+  onSigchld(listener: () => void): () => void {
+    const handler = () => listener();
+    process.on("SIGCHLD", handler);
+    return () => void process.off("SIGCHLD", handler);
+  }
+
+  pipe(): [number, number] {
+    const fds = new Int32Array(2);
+    check(libc().pipe2(fds, O_CLOEXEC), "pipe2");
+    return [fds[0]!, fds[1]!];
+  }
+}

@@ -1,0 +1,211 @@
+// runc mode through the real containerd: ctr drives our shim exactly as it drives runc-v2.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { startContainerd, type Containerd } from "../helpers/containerd.js";
+import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
+import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
+import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+
+const RT = ["--runtime", "io.containerd.cocoon.v2"];
+const APP_IMAGE = "cocoon.local/busybox-app:latest";
+let seq = 0;
+const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
+
+function shimPids(): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync("/proc")) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8");
+      if (cmd.includes("containerd-shim-cocoon-v2") && cmd.includes("daemon")) out.push(Number(p));
+    } catch {}
+  }
+  return out;
+}
+
+interface CtrChild {
+  child: ChildProcess;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+}
+
+describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
+  let host: HostSnapshot;
+  let ctrd: Containerd;
+  let cfgDir: string;
+  let events: ChildProcess | undefined;
+  let eventLog = "";
+
+  /** A ctr process we drive ourselves (stdin timing, concurrent kills); bounded by a timer. */
+  function ctrChild(args: string[]): CtrChild {
+    const child = spawn("ctr", ["--address", ctrd.address, args[0]!, "--fifo-dir", ctrd.fifoDir, ...args.slice(1)], { stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout!.on("data", (d) => (stdout += d));
+    child.stderr!.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+      child.on("close", (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout, stderr });
+      }));
+    return { child, done };
+  }
+
+  before(async () => {
+    host = await snapshotHost();
+    cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
+    writeFileSync(path.join(cfgDir, "cocoon.toml"), `mode = "runc"\nlog_level = "debug"\n[runc]\nroot = "${cfgDir}/runc"\n`);
+    ctrd = await startContainerd({ env: { COCOON_CONFIG: path.join(cfgDir, "cocoon.toml") }, pathPrepend: [path.join(repoRoot, "bin")] });
+    await importImage(ctrd, BUSYBOX_IMAGE);
+    await importImage(ctrd, APP_IMAGE, { user: "app", env: ["GREETING=hi"], workingDir: "/tmp" });
+    events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    events.stdout!.on("data", (d) => (eventLog += d));
+  });
+
+  after(async () => {
+    events?.kill();
+    await ctrd?.stop();
+    await assertNoLeaks(host, { harness: ctrd });
+    rmSync(cfgDir, { recursive: true, force: true });
+  });
+
+  it("runs a container and prints its output", async () => {
+    const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("out"), "sh", "-c", "echo hello; echo err >&2; id -u; pwd"]);
+    assert.equal(r.stdout, "hello\n0\n/\n");
+    assert.equal(r.stderr, "err\n");
+  });
+
+  it("propagates exit codes, including death by signal", async () => {
+    const r3 = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("exit"), "sh", "-c", "exit 3"], { allowFail: true });
+    assert.equal(r3.code, 3);
+    const r0 = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("exit"), "true"], { allowFail: true });
+    assert.equal(r0.code, 0);
+    // A signal from inside cannot kill the pid namespace's init; one from containerd can.
+    const id = uid("sig");
+    const fg = ctrChild(["run", "--rm", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    await waitFor(async () => /RUNNING/.test((await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 10_000, what: "running" });
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    assert.equal((await fg.done).code, 137);
+  });
+
+  it("applies user, env and cwd from the image and from the spec", async () => {
+    const r = await ctrd.ctr(["run", "--rm", ...RT, APP_IMAGE, uid("env"), "sh", "-c", "id -u; echo $GREETING; pwd"]);
+    assert.equal(r.stdout, "1000\nhi\n/tmp\n");
+    const r2 = await ctrd.ctr(["run", "--rm", ...RT, "--env", "X=42", "--cwd", "/var", BUSYBOX_IMAGE, uid("env"), "sh", "-c", "id -u; echo $X; pwd"]);
+    assert.equal(r2.stdout, "0\n42\n/var\n");
+  });
+
+  it("passes stdin through and closes it (CloseIO)", async () => {
+    // ctr sends CloseIO only once its stdin copy is set up, so the input comes a little later (as from a user).
+    const c = ctrChild(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("stdin"), "sh", "-c", "read a; echo got:$a; cat; echo done"]);
+    await sleep(1500);
+    c.child.stdin!.write("line1\n");
+    await sleep(200);
+    c.child.stdin!.end("rest\n");
+    const r = await c.done;
+    assert.equal(r.stdout, "got:line1\nrest\ndone\n");
+  });
+
+  it("exec with output and exit code, ps, pause/resume, kill, metrics", async () => {
+    const id = uid("life");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    const ex = await ctrd.ctr(["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo in-exec; exit 4"], { allowFail: true });
+    assert.equal(ex.stdout, "in-exec\n");
+    assert.equal(ex.code, 4);
+    // The exec id is free again after ctr deleted it.
+    const ex2 = await ctrd.ctr(["task", "exec", "--exec-id", "e1", id, "echo", "again"]);
+    assert.equal(ex2.stdout, "again\n");
+    const ps = await ctrd.ctr(["task", "ps", id]);
+    assert.match(ps.stdout, /PID/);
+    assert.ok(ps.stdout.trim().split("\n").length >= 2, ps.stdout);
+    await ctrd.ctr(["task", "pause", id]);
+    assert.match((await ctrd.ctr(["task", "ls"])).stdout, new RegExp(`${id}\\s+\\d+\\s+PAUSED`));
+    await ctrd.ctr(["task", "resume", id]);
+    assert.match((await ctrd.ctr(["task", "ls"])).stdout, new RegExp(`${id}\\s+\\d+\\s+RUNNING`));
+    const m = await ctrd.ctr(["task", "metrics", id]);
+    assert.match(m.stdout, /memory\.usage_in_bytes\s+\d+/);
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    await waitFor(async () => /STOPPED/.test((await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 10_000, what: "task stopped" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+    await waitFor(() => eventLog.includes("/tasks/paused") && eventLog.includes("/tasks/resumed") && eventLog.includes("/tasks/exec-started"), { timeoutMs: 5000, what: "events" });
+  });
+
+  it("kill --all signals every process of the container", async () => {
+    const id = uid("killall");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    await ctrd.ctr(["task", "kill", "--all", "-s", "SIGKILL", id]);
+    await waitFor(async () => /STOPPED/.test((await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 10_000, what: "task stopped" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+  });
+
+  it("errors carry the right code and the OCI runtime's message, and leave nothing behind", async () => {
+    const bad = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("bad"), "/nonexistent-binary"], { allowFail: true });
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /nonexistent-binary/);
+    assert.match(bad.stderr, /no such file or directory|not found/);
+    const id = uid("dup");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    const dup = spawn("ctr", ["--address", ctrd.address, "task", "exec", "--exec-id", "same", id, "sleep", "5"], { stdio: "ignore" });
+    await sleep(500);
+    const again = await ctrd.ctr(["task", "exec", "--exec-id", "same", id, "true"], { allowFail: true });
+    assert.match(again.stderr, /already exists/);
+    dup.kill("SIGKILL");
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    await sleep(300);
+    const late = await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id], { allowFail: true });
+    assert.match(late.stderr, /not found|already finished/);
+    await ctrd.ctr(["task", "rm", "-f", id], { allowFail: true });
+    await ctrd.ctr(["container", "rm", id]);
+  });
+
+  it("a broken config or a missing OCI runtime binary fails clearly", async () => {
+    writeFileSync(path.join(cfgDir, "bad.toml"), "mode = \n");
+    const r = await ctrd.ctr(["run", "--rm", ...RT, "--runtime-config-path", path.join(cfgDir, "bad.toml"), BUSYBOX_IMAGE, uid("cfg"), "true"], { allowFail: true });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /bad\.toml/);
+    writeFileSync(path.join(cfgDir, "norunc.toml"), `[runc]\nbinary = "nosuch-runc"\nroot = "${cfgDir}/runc"\n`);
+    const r2 = await ctrd.ctr(["run", "--rm", ...RT, "--runtime-config-path", path.join(cfgDir, "norunc.toml"), BUSYBOX_IMAGE, uid("norunc"), "true"], { allowFail: true });
+    assert.notEqual(r2.code, 0);
+    assert.match(r2.stderr, /nosuch-runc.*not found/);
+  });
+
+  it("groups containers of one pod into one shim; the shim exits after its last task", async () => {
+    const pod = uid("pod");
+    const ids = [uid("g"), uid("g"), uid("g")];
+    const before = new Set(shimPids());
+    for (const id of ids) await ctrd.ctr(["run", "-d", ...RT, "--label", "x=y", "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    const lone = uid("lone");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, lone, "sleep", "1000"]);
+    const fresh = shimPids().filter((p) => !before.has(p));
+    assert.equal(fresh.length, 2, `expected two new shims, got ${fresh.length}`);
+    for (const id of [...ids, lone]) {
+      await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    }
+    await sleep(500);
+    for (const id of [...ids, lone]) {
+      await ctrd.ctr(["task", "rm", "-f", id], { allowFail: true });
+      await ctrd.ctr(["container", "rm", id]);
+    }
+    await waitFor(() => shimPids().filter((p) => fresh.includes(p)).length === 0, { timeoutMs: 10_000, what: "shims to exit" });
+  });
+
+  it("a SIGKILLed shim is cleaned up by containerd and the id can be reused", async () => {
+    const id = uid("killshim");
+    const before = new Set(shimPids());
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    const [shim] = shimPids().filter((p) => !before.has(p));
+    assert.ok(shim, "shim found");
+    process.kill(shim!, "SIGKILL");
+    // containerd runs our `delete`, then publishes the exit and delete events itself.
+    await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/delete") && l.includes(id)), { timeoutMs: 15_000, what: "containerd's cleanup after shim death" });
+    await ctrd.ctr(["container", "rm", id]);
+    const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, id, "echo", "reborn"]);
+    assert.equal(r.stdout, "reborn\n");
+  });
+});
