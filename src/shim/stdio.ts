@@ -77,11 +77,15 @@ export class ProcessIO {
   private consoleFd = -1;
   private stdinPath = "";
   private outputWriters: number[] = [];
+  private ptyPeer = -1;
+  private sys: Sys;
 
-  private constructor(readonly stdio: Stdio) {}
+  private constructor(readonly stdio: Stdio, sys: Sys) {
+    this.sys = sys;
+  }
 
   static async open(stdio: Stdio, ctx: IoContext): Promise<ProcessIO> {
-    const io = new ProcessIO(stdio);
+    const io = new ProcessIO(stdio, ctx.sys);
     try {
       await io.setup(ctx);
     } catch (err) {
@@ -186,7 +190,14 @@ export class ProcessIO {
   /** Terminal mode: copy stdin FIFO -> pty master and pty master -> output. */
   attachConsole(masterFd: number) {
     this.consoleFd = masterFd;
+    // Until the process has the slave open, reads on the master fail with EIO, which would end the
+    // copy early. Hold a slave fd ourselves until the process exits (see processExited).
+    try {
+      this.ptyPeer = this.sys.openPtyPeer(masterFd);
+    } catch {}
     const master = new tty.ReadStream(masterFd);
+    // destroy() closes the fd: a late ResizePty must not ioctl a closed (or reused) fd number.
+    master.once("close", () => (this.consoleFd = -1));
     this.streams.push(master);
     const out = this.outputWriters[0];
     if (out !== undefined) {
@@ -212,6 +223,12 @@ export class ProcessIO {
     }
   }
 
+  /** The process is gone: let the master see EOF once the remaining output is drained. */
+  processExited() {
+    if (this.ptyPeer >= 0) safeClose(this.ptyPeer);
+    this.ptyPeer = -1;
+  }
+
   get console(): number {
     return this.consoleFd;
   }
@@ -223,6 +240,7 @@ export class ProcessIO {
   }
 
   close() {
+    this.processExited();
     this.releaseChildFds();
     this.closeStdin();
     for (const fd of this.held) safeClose(fd);

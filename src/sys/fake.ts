@@ -172,6 +172,11 @@ export class FakeSys implements Sys {
     return () => void this.sigchldListeners.delete(entry);
   }
 
+  openPtyPeer(masterFd: number): number {
+    this.enter("openPtyPeer", [masterFd]);
+    return masterFd + 10000;
+  }
+
   /** Sockets "bound" by listenUnix, by path. */
   readonly listening = new Set<string>();
 

@@ -14,6 +14,8 @@ export interface Libc {
   umount2(target: string, flags: number): number;
   /** ioctl with one pointer argument (the request's struct). */
   ioctlPtr(fd: number, request: number, arg: Buffer): number;
+  /** ioctl with one int argument. */
+  ioctlInt(fd: number, request: number, arg: number): number;
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
   listen(fd: number, backlog: number): number;
@@ -63,6 +65,7 @@ export function libc(): Libc {
     ),
     umount2: lib.func("int umount2(const char *target, int flags)"),
     ioctlPtr: (fd, request, arg) => ioctl(fd, request, "void *", arg),
+    ioctlInt: (fd, request, arg) => ioctl(fd, request, "int", arg),
     socket: lib.func("int socket(int domain, int type, int protocol)"),
     bind: lib.func("int bind(int fd, void *addr, uint32_t len)"),
     listen: lib.func("int listen(int fd, int backlog)"),

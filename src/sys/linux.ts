@@ -5,7 +5,7 @@ import { mount, umount } from "./mount.js";
 import { watchOomV1 } from "./oom-v1.js";
 import { waitExit } from "./reap.js";
 import type { ExitStatus, FdReceiver, Sys } from "./types.js";
-import { setWinsize } from "./winsize.js";
+import { openPtyPeer, setWinsize } from "./winsize.js";
 
 const PR_SET_CHILD_SUBREAPER = 36;
 const O_CLOEXEC = 0x80000;
@@ -33,6 +33,10 @@ export class LinuxSys implements Sys {
 
   setWinsize(fd: number, rows: number, cols: number): void {
     setWinsize(fd, rows, cols);
+  }
+
+  openPtyPeer(masterFd: number): number {
+    return openPtyPeer(masterFd);
   }
 
   receiveFd(path: string, timeoutMs?: number): FdReceiver {

@@ -36,6 +36,8 @@ export interface Sys {
   umount(target: string, flags: number): void;
   /** ioctl(fd, TIOCSWINSZ) on a pty master. */
   setWinsize(fd: number, rows: number, cols: number): void;
+  /** ioctl(master, TIOCGPTPEER): an fd (O_CLOEXEC) for the slave side of a pty master. */
+  openPtyPeer(masterFd: number): number;
   /** Listen on a new AF_UNIX stream socket at `path` (created before this returns), accept one connection
    *  without blocking the event loop, receive one fd sent with SCM_RIGHTS (runc's --console-socket
    *  protocol), then close everything and unlink the path. Throws synchronously if the socket cannot be

@@ -27,6 +27,22 @@ function shimPids(): number[] {
   return out;
 }
 
+/** Runs a shell command line under a pseudo-terminal (util-linux `script`), returning what it printed. */
+async function runScript(cmd: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    child.on("error", reject);
+    child.on("close", () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+  });
+}
+
 interface CtrChild {
   child: ChildProcess;
   done: Promise<{ code: number | null; stdout: string; stderr: string }>;
@@ -173,6 +189,60 @@ describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
     const r2 = await ctrd.ctr(["run", "--rm", ...RT, "--runtime-config-path", path.join(cfgDir, "norunc.toml"), BUSYBOX_IMAGE, uid("norunc"), "true"], { allowFail: true });
     assert.notEqual(r2.code, 0);
     assert.match(r2.stderr, /nosuch-runc.*not found/);
+  });
+
+  it("a TTY session through a pty: output, size from the client's terminal, resize, exec -t", async () => {
+    const id = uid("tty");
+    // `script` gives ctr a real terminal; ctr sends its size with ResizePty right after Start.
+    // The terminal is resized mid-session; ctr gets SIGWINCH and forwards the new size.
+    const inner = `stty cols 100 rows 40; (sleep 2; stty cols 120 rows 30 </dev/tty) & ctr --address ${ctrd.address} run --fifo-dir ${ctrd.fifoDir} -t --rm ${RT.join(" ")} ${BUSYBOX_IMAGE} ${id} sh -c 'sleep 1; stty size; tty; sleep 3; stty size'`;
+    const r = await runScript(inner);
+    assert.match(r, /40 100[\s\S]*30 120/);
+    assert.match(r, /\/dev\/(pts\/\d+|console)/);
+    const id2 = uid("ttyexec");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id2, "sleep", "1000"]);
+    const r2 = await runScript(`stty cols 77 rows 11; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${id2} sh -c 'sleep 1; stty size; [ -t 0 ] && echo is-a-tty; exit 5'; echo "rc=$?"`);
+    assert.match(r2, /11 77/);
+    assert.match(r2, /is-a-tty/);
+    assert.match(r2, /rc=5/);
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id2]);
+    await sleep(300);
+    await ctrd.ctr(["task", "rm", "-f", id2], { allowFail: true });
+    await ctrd.ctr(["container", "rm", id2]);
+  });
+
+  it("an OOM-killed container reports TaskOOM and exit 137", async () => {
+    const id = uid("oom");
+    const r = await ctrd.ctr(["run", "--rm", ...RT, "--memory-limit", String(32 << 20), BUSYBOX_IMAGE, id, "sh", "-c", "x=$(dd if=/dev/zero bs=1M count=256 2>/dev/null | tr '\\0' x); echo survived"], { allowFail: true, timeoutMs: 60_000 });
+    assert.equal(r.code, 137, `exit ${r.code}: ${r.stdout}${r.stderr}`);
+    await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/oom") && l.includes(id)), { timeoutMs: 10_000, what: "TaskOOM event" });
+  });
+
+  it("log URIs: file:// appends both streams, binary:// runs a logger", async () => {
+    const file = path.join(cfgDir, "logs", "c.log");
+    await ctrd.ctr(["run", "--rm", ...RT, "--log-uri", `file://${file}`, BUSYBOX_IMAGE, uid("logf"), "sh", "-c", "echo out1; echo err1 >&2"]);
+    const text = readFileSync(file, "utf8");
+    assert.match(text, /out1/);
+    assert.match(text, /err1/);
+    const logger = path.join(cfgDir, "logger.sh");
+    const dest = path.join(cfgDir, "binlog");
+    writeFileSync(logger, `#!/bin/sh\necho "$CONTAINER_ID $1=$2" > ${dest}.args\n# Closing fd 5 (before forking, so no child holds it) tells the shim we are ready.\nexec 5>&-\ncat <&3 > ${dest}.out &\ncat <&4 > ${dest}.err &\nwait\n`, { mode: 0o755 });
+    const id = uid("logb");
+    await ctrd.ctr(["run", "--rm", ...RT, "--log-uri", `binary://${logger}?k=v`, BUSYBOX_IMAGE, id, "sh", "-c", "echo out2; echo err2 >&2"]);
+    await waitFor(() => { try { return readFileSync(`${dest}.out`, "utf8").includes("out2") && readFileSync(`${dest}.err`, "utf8").includes("err2"); } catch { return false; } }, { timeoutMs: 10_000, what: "logger output" });
+    assert.equal(readFileSync(`${dest}.args`, "utf8").trim(), `${id} k=v`);
+  });
+
+  it("checkpoint without CRIU fails with a clear message", async () => {
+    const id = uid("ckpt");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    const r = await ctrd.ctr(["task", "checkpoint", id], { allowFail: true });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /CRIU|criu/);
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    await sleep(300);
+    await ctrd.ctr(["task", "rm", "-f", id], { allowFail: true });
+    await ctrd.ctr(["container", "rm", id]);
   });
 
   it("groups containers of one pod into one shim; the shim exits after its last task", async () => {

@@ -120,6 +120,7 @@ export class RuncRuntime implements Runtime {
       this.containers.set(req.id, rec);
       this.reaper.watch(pid, (e) => {
         log.debug("init exited", { pid, status: e.status });
+        io.processExited();
         this.ctx.events.exited({ containerId: req.id, execId: "" }, pid, { status: e.status, at: e.at });
       });
       return { pid };
@@ -166,7 +167,10 @@ export class RuncRuntime implements Runtime {
     e.pid = readPid(pidFile);
     rmSync(pidFile, { force: true });
     const pid = e.pid;
-    this.reaper.watch(pid, (x) => this.ctx.events.exited(ref, pid, { status: x.status, at: x.at }));
+    this.reaper.watch(pid, (x) => {
+      e.io.processExited();
+      this.ctx.events.exited(ref, pid, { status: x.status, at: x.at });
+    });
     return { pid };
   }
 

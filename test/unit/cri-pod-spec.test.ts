@@ -1,0 +1,136 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { NamespaceMode } from "../../src/gen/cri/runtime/v1/api_pb.js";
+import { PodSpecError, parsePodSpec, toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
+
+const YAML_SPEC = `
+name: web
+namespace: demo
+runtimeHandler: cocoon
+annotations:
+  io.cocoon.example: "1"
+containers:
+  - name: app
+    image: docker.io/library/busybox:1.36
+    command: [sh, -c]
+    args: ["echo hi; sleep 1"]
+    env:
+      GREETING: hello
+      PORT: 8080
+    workingDir: /tmp
+    mounts:
+      - {hostPath: /srv/data, containerPath: /data, readOnly: true}
+    resources: {memoryLimitBytes: 134217728, cpuQuota: 50000, cpuPeriod: 100000, cpuShares: 512}
+  - name: side
+    image: busybox
+    env: [{name: A, value: b}]
+    tty: true
+`;
+
+function problems(doc: unknown): string[] {
+  try {
+    validatePodSpec(doc, "t");
+  } catch (e) {
+    assert.ok(e instanceof PodSpecError);
+    return e.problems;
+  }
+  assert.fail("expected a PodSpecError");
+}
+
+test("a YAML spec parses with defaults filled in", () => {
+  const s = parsePodSpec(YAML_SPEC, "web.yaml");
+  assert.equal(s.name, "web");
+  assert.equal(s.namespace, "demo");
+  assert.equal(s.runtimeHandler, "cocoon");
+  assert.equal(s.hostNetwork, false);
+  assert.deepEqual(s.containers[0]!.env, [
+    { name: "GREETING", value: "hello" },
+    { name: "PORT", value: "8080" },
+  ]);
+  assert.deepEqual(s.containers[0]!.mounts, [{ hostPath: "/srv/data", containerPath: "/data", readOnly: true }]);
+  assert.deepEqual(s.containers[1]!.env, [{ name: "A", value: "b" }]);
+  assert.equal(s.containers[1]!.tty, true);
+  assert.deepEqual(s.containers[1]!.resources, {});
+});
+
+test("JSON is accepted too; namespace defaults to default", () => {
+  const s = parsePodSpec(JSON.stringify({ name: "p", containers: [{ name: "c", image: "i" }] }));
+  assert.equal(s.namespace, "default");
+  assert.equal(s.runtimeHandler, "");
+});
+
+test("every problem is reported with its location", () => {
+  const got = problems({
+    name: "Bad_Name",
+    runtimeHandler: "x y",
+    hostNetwork: "yes",
+    extra: 1,
+    containers: [
+      { name: "c", image: "" },
+      { name: "c", image: "i", mounts: [{ hostPath: "rel", containerPath: "/x" }], resources: { memoryLimitBytes: -1, cpuPeriod: 10 }, env: { "1BAD": "x" }, commnd: ["typo"] },
+      "nope",
+    ],
+  });
+  const want = [
+    "extra: unknown field",
+    'name: "Bad_Name" is not a DNS subdomain',
+    'runtimeHandler: "x y" is not a DNS label',
+    "hostNetwork: must be true or false",
+    "containers[0].image: must not be empty",
+    "containers[1].commnd: unknown field",
+    "containers[1].env.1BAD: invalid variable name",
+    "containers[1].mounts[0].hostPath: must be an absolute path",
+    "containers[1].resources.memoryLimitBytes: must be an integer >= 0",
+    "containers[1].resources.cpuPeriod: must be between 1000 and 1000000",
+    'containers[1].name: duplicate container name "c"',
+    "containers[2]: must be a map",
+  ];
+  for (const w of want) assert.ok(got.some((p) => p.startsWith(w)), `missing "${w}" in:\n${got.join("\n")}`);
+  assert.equal(got.length, want.length, got.join("\n"));
+});
+
+test("missing containers, missing names and non-map documents are errors", () => {
+  assert.deepEqual(problems({ name: "p" }), ["containers: must be a non-empty list"]);
+  assert.deepEqual(problems({ containers: [{ image: "i" }] }), ["name: required", "containers[0].name: required"]);
+  assert.throws(() => parsePodSpec("- a\n- b\n"), /must be a map/);
+  assert.throws(() => parsePodSpec("name: [unclosed"), /not valid YAML/);
+});
+
+test("conversion to CRI configs follows kubelet's conventions", () => {
+  const spec = parsePodSpec(YAML_SPEC);
+  const pod = toCriConfigs(spec, { logRoot: "/var/log/pods", uid: "u-1" });
+  assert.equal(pod.runtimeHandler, "cocoon");
+  const sb = pod.sandbox;
+  assert.deepEqual({ ...sb.metadata, $typeName: undefined }, { $typeName: undefined, name: "web", uid: "u-1", namespace: "demo", attempt: 0 });
+  assert.equal(sb.hostname, "web");
+  assert.equal(sb.logDirectory, "/var/log/pods/demo_web_u-1");
+  assert.equal(sb.labels["io.kubernetes.pod.uid"], "u-1");
+  assert.equal(sb.annotations["io.cocoon.example"], "1");
+  assert.equal(sb.linux?.securityContext?.namespaceOptions?.network, NamespaceMode.POD);
+  const [app, side] = pod.containers;
+  assert.equal(app!.metadata?.name, "app");
+  assert.equal(app!.image?.image, "docker.io/library/busybox:1.36");
+  assert.deepEqual(app!.command, ["sh", "-c"]);
+  assert.deepEqual(app!.envs.map((e) => `${e.key}=${e.value}`), ["GREETING=hello", "PORT=8080"]);
+  assert.equal(app!.logPath, "app/0.log");
+  assert.equal(app!.workingDir, "/tmp");
+  assert.equal(app!.mounts[0]!.readonly, true);
+  assert.equal(app!.labels["io.kubernetes.container.name"], "app");
+  const r = app!.linux?.resources;
+  assert.equal(r?.memoryLimitInBytes, 134217728n);
+  assert.equal(r?.cpuQuota, 50000n);
+  assert.equal(r?.cpuPeriod, 100000n);
+  assert.equal(r?.cpuShares, 512n);
+  assert.equal(side!.tty, true);
+  assert.equal(side!.linux?.resources?.memoryLimitInBytes, 0n);
+});
+
+test("host networking maps to NODE namespaces and an empty hostname; uids are random by default", () => {
+  const spec = validatePodSpec({ name: "h", hostNetwork: true, containers: [{ name: "c", image: "i" }] });
+  const a = toCriConfigs(spec, { logRoot: "/logs" });
+  const b = toCriConfigs(spec, { logRoot: "/logs" });
+  assert.notEqual(a.sandbox.metadata?.uid, b.sandbox.metadata?.uid);
+  assert.equal(a.sandbox.hostname, "");
+  assert.equal(a.sandbox.linux?.securityContext?.namespaceOptions?.network, NamespaceMode.NODE);
+  assert.equal(a.containers[0]!.linux?.securityContext?.namespaceOptions?.network, NamespaceMode.NODE);
+});
