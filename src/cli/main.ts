@@ -1,5 +1,7 @@
 // The `cocoon` command: node setup, diagnostics, and a demo pod.
 import { Command } from "commander";
+import { installCommand, uninstallCommand } from "./install/command.js";
+import { checkCommand } from "./check.js";
 
 const program = new Command();
 program.name("cocoon").description("Cocoon: a containerd shim v2 runtime (runc mode and VM-per-pod mode)").version("0.1.0");
@@ -11,6 +13,8 @@ program
     const { runDemo } = await import("./demo.js");
     process.exitCode = await runDemo();
   });
+
+program.addCommand(installCommand()).addCommand(uninstallCommand()).addCommand(checkCommand());
 
 program.parseAsync(process.argv).catch((err) => {
   process.stderr.write(`cocoon: ${(err as Error).message}\n`);

@@ -29,8 +29,8 @@ async function main(argv: string[]): Promise<number> {
     case "start": {
       const daemonArgv = [process.argv[1]!, "-namespace", flags.namespace, "-address", flags.address,
         "-publish-binary", flags.publishBinary, "-id", flags.id, ...(flags.debug ? ["-debug"] : []), "daemon"];
-      const { address } = await startCommand(sys, flags, daemonArgv);
-      writeStdout(address);
+      const { reply } = await startCommand(sys, flags, daemonArgv);
+      writeStdout(reply);
       return 0;
     }
     case "delete": {

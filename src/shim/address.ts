@@ -6,10 +6,10 @@ import path from "node:path";
 
 export const DEFAULT_SOCKET_DIR = "/run/containerd/s";
 
-export function socketPath(grpcAddress: string, ...parts: string[]): string {
+export function socketPath(grpcAddress: string, parts: string[], socketDir?: string): string {
   const key = path.posix.join(grpcAddress, ...parts);
   const digest = createHash("sha256").update(key).digest("hex");
-  const dir = process.env["COCOON_SOCKET_DIR"] || DEFAULT_SOCKET_DIR;
+  const dir = socketDir || process.env["COCOON_SOCKET_DIR"] || DEFAULT_SOCKET_DIR;
   return path.join(dir, digest);
 }
 

@@ -7,11 +7,13 @@ import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
+import { BootstrapParamsSchema, BootstrapResultSchema } from "../gen/containerd/runtime/bootstrap/v1/bootstrap_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
 import { socketPath, toAddress } from "./address.js";
 import { spawnChild } from "./children.js";
 import type { CocoonConfig } from "./config.js";
 import type { ShimFlags } from "./flags.js";
-import { decodeOptionsAny, resolveConfig, type RuntimeOptions } from "./options.js";
+import { decodeOptions, decodeOptionsAny, resolveConfig, type RuntimeOptions } from "./options.js";
 
 /** Annotations that put containers in one shim, first match wins (CRI's pod id, runc's group). */
 export const GROUP_ANNOTATIONS = ["io.cocoon.group", "io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
@@ -25,9 +27,58 @@ export function groupOf(annotations: Record<string, string> | undefined, id: str
 }
 
 /** Socket of the daemon that serves this container: per pod, or one per node and config file. */
-export function daemonSocket(flags: ShimFlags, cfg: CocoonConfig, annotations: Record<string, string> | undefined): string {
-  if (cfg.grouping === "node") return socketPath(flags.address, "cocoon-node", cfg.mode, cfg.source || "default");
-  return socketPath(flags.address, flags.namespace, groupOf(annotations, flags.id));
+export function daemonSocket(flags: ShimFlags, cfg: CocoonConfig, annotations: Record<string, string> | undefined, socketDir?: string): string {
+  if (cfg.grouping === "node") return socketPath(flags.address, ["cocoon-node", cfg.mode, cfg.source || "default"], socketDir);
+  return socketPath(flags.address, [flags.namespace, groupOf(annotations, flags.id)], socketDir);
+}
+
+/** What `start` learned from its stdin, in either bootstrap protocol. */
+export interface StartInput {
+  protocol: "legacy" | "bootstrap-v1";
+  options: RuntimeOptions;
+  ttrpcAddress?: string;
+  grpcAddress?: string;
+  socketDir?: string;
+}
+
+const KNOWN_OPTION_TYPES = ["containerd.runc.v1.Options", "runtimeoptions.v1.Options"];
+
+/**
+ * containerd 1.6 writes the runtime options Any; containerd 2.x writes BootstrapParams. An Any can
+ * also decode as BootstrapParams, so (as containerd's own shims do) the params only count when their
+ * instance id and namespace match our command line.
+ */
+export function parseStartInput(bytes: Uint8Array, flags: ShimFlags): StartInput {
+  if (bytes.length > 0) {
+    let params;
+    try {
+      params = fromBinary(BootstrapParamsSchema, bytes);
+    } catch {
+      params = undefined;
+    }
+    if (params && params.instanceId === flags.id && params.namespace === flags.namespace && flags.id) {
+      let options: RuntimeOptions = { kind: "none" };
+      for (const ext of params.extensions) {
+        const any = ext.value;
+        if (any && KNOWN_OPTION_TYPES.some((t) => any.typeUrl.endsWith(t))) options = decodeOptions(any.typeUrl, any.value);
+      }
+      const strip = (a: string) => a.replace(/^unix:\/\//, "");
+      return {
+        protocol: "bootstrap-v1",
+        options,
+        ttrpcAddress: params.containerdTtrpcAddress ? strip(params.containerdTtrpcAddress) : undefined,
+        grpcAddress: params.containerdGrpcAddress ? strip(params.containerdGrpcAddress) : undefined,
+        socketDir: params.socketDir || undefined,
+      };
+    }
+  }
+  return { protocol: "legacy", options: decodeOptionsAny(bytes) };
+}
+
+/** The reply `start` prints: a plain address (1.6) or a BootstrapResult message (2.x). */
+export function startReply(input: StartInput, address: string): Uint8Array | string {
+  if (input.protocol === "legacy") return address;
+  return toBinary(BootstrapResultSchema, create(BootstrapResultSchema, { version: 2, address, protocol: "ttrpc" }));
 }
 
 function readStdin(): Buffer {
@@ -90,6 +141,7 @@ function readAnnotations(bundle: string): Record<string, string> | undefined {
 export interface StartResult {
   address: string;
   reused: boolean;
+  reply: Uint8Array | string;
 }
 
 /**
@@ -98,10 +150,10 @@ export interface StartResult {
  */
 export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: string[]): Promise<StartResult> {
   const bundle = process.cwd();
-  const optionBytes = readStdin();
-  const opts: RuntimeOptions = decodeOptionsAny(optionBytes);
+  const input = parseStartInput(readStdin(), flags);
+  const opts: RuntimeOptions = input.options;
   const cfg = resolveConfig(opts);
-  const sock = daemonSocket(flags, cfg, readAnnotations(bundle));
+  const sock = daemonSocket(flags, cfg, readAnnotations(bundle), input.socketDir);
   const address = toAddress(sock);
   mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -109,7 +161,7 @@ export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: strin
     if (fd === "in-use") {
       if (await canConnect(sock, 100)) {
         writeAddressFile(bundle, address);
-        return { address, reused: true };
+        return { address, reused: true, reply: startReply(input, address) };
       }
       try {
         unlinkSync(sock);
@@ -122,16 +174,31 @@ export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: strin
       cwd: bundle,
       detached: true,
       stdio: ["ignore", "ignore", "ignore", fd],
-      env: { ...process.env, COCOON_OPTIONS: Buffer.from(optionBytes).toString("base64"), COCOON_SOCKET: sock },
+      env: {
+        ...process.env,
+        ...(input.ttrpcAddress ? { TTRPC_ADDRESS: input.ttrpcAddress } : {}),
+        COCOON_OPTIONS: encodeOptions(opts),
+        COCOON_SOCKET: sock,
+      },
     });
     child.unref();
     adjustOomScore(child.pid);
     if (opts.kind === "runc" && opts.shimCgroup && child.pid) joinCgroup(opts.shimCgroup, child.pid);
     closeSync(fd);
     writeAddressFile(bundle, address);
-    return { address, reused: false };
+    return { address, reused: false, reply: startReply(input, address) };
   }
   throw new Error(`cannot listen on ${sock}: stale socket keeps coming back`);
+}
+
+/** The daemon gets the decoded options as JSON (bytes as base64), whatever protocol carried them. */
+export function encodeOptions(o: RuntimeOptions): string {
+  return JSON.stringify(o, (_k, v) => (v instanceof Uint8Array ? { b64: Buffer.from(v).toString("base64") } : v));
+}
+
+export function decodeOptionsEnv(text: string | undefined): RuntimeOptions {
+  if (!text) return { kind: "none" };
+  return JSON.parse(text, (_k, v) => (v && typeof v === "object" && typeof v.b64 === "string" ? new Uint8Array(Buffer.from(v.b64, "base64")) : v));
 }
 
 /** Like containerd's shims: a bit more likely to be OOM-killed than containerd itself. */

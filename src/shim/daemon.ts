@@ -8,7 +8,8 @@ import type { Sys } from "../sys/types.js";
 import type { ShimFlags } from "./flags.js";
 import { readShimEnv } from "./flags.js";
 import { Logger } from "./log.js";
-import { decodeOptionsAny, resolveConfig } from "./options.js";
+import { resolveConfig } from "./options.js";
+import { decodeOptionsEnv } from "./bootstrap.js";
 import { Publisher } from "./publisher.js";
 import { Reaper } from "./reaper.js";
 import type { Runtime, RuntimeContext } from "./runtime.js";
@@ -29,7 +30,7 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
   process.chdir("/");
   let cfg;
   try {
-    cfg = resolveConfig(decodeOptionsAny(Buffer.from(process.env["COCOON_OPTIONS"] ?? "", "base64")));
+    cfg = resolveConfig(decodeOptionsEnv(process.env["COCOON_OPTIONS"]));
   } catch (err) {
     log.error("bad runtime options", { err: (err as Error).message });
     process.exit(1);

@@ -41,7 +41,8 @@ function fakeSource(root: string) {
   w("bin/containerd-shim-cocoon-v2", "#!/bin/sh\necho shim\n", 0o755);
   w("bin/cocoon", "#!/bin/sh\necho cli\n", 0o755);
   w("node_modules/koffi/package.json", '{"name":"koffi"}');
-  w("node_modules/koffi/build/koffi.node", "binary");
+  w("node_modules/koffi/index.js", "js");
+  w("node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node", "binary");
   w("guest/kvm-probe.sh", "#!/bin/sh\n", 0o755);
   w("guest/lib/qemu-args.sh", "# args\n");
   w("guest/out/vmlinuz", "kernel");
@@ -118,7 +119,8 @@ test("install puts every piece in place below the host root", async () => {
     "opt/cocoon/bin/node",
     "opt/cocoon/guest/kvm-probe.sh",
     "opt/cocoon/guest/lib/qemu-args.sh",
-    "opt/cocoon/node_modules/koffi/build/koffi.node",
+    "opt/cocoon/node_modules/koffi/index.js",
+    "opt/cocoon/node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node",
     "opt/cocoon/" + PREFIX_MARKER,
     "usr/local/share/cocoon/vmlinuz",
     "usr/local/share/cocoon/initramfs.cpio.zst",

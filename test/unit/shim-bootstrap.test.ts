@@ -5,7 +5,9 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { AnySchema } from "@bufbuild/protobuf/wkt";
 import { parseShimFlags, FlagError } from "../../src/shim/flags.js";
 import { socketPath } from "../../src/shim/address.js";
-import { daemonSocket, groupOf } from "../../src/shim/bootstrap.js";
+import { daemonSocket, decodeOptionsEnv, encodeOptions, groupOf, parseStartInput, startReply } from "../../src/shim/bootstrap.js";
+import { BootstrapParamsSchema, BootstrapResultSchema } from "../../src/gen/containerd/runtime/bootstrap/v1/bootstrap_pb.js";
+import { fromBinary } from "@bufbuild/protobuf";
 import { decodeOptionsAny, resolveConfig } from "../../src/shim/options.js";
 import { parseConfig, defaultConfig } from "../../src/shim/config.js";
 import { OptionsSchema as RuncOptions } from "../../src/gen/containerd/runc/options/oci_pb.js";
@@ -25,7 +27,8 @@ test("parses containerd 1.6 start and delete argv", () => {
 test("socket names follow containerd's sha256(address/ns/group) rule", () => {
   const want = createHash("sha256").update("/run/containerd/containerd.sock/default/probe1").digest("hex");
   assert.equal(want, "dc7bf9183bb2efe907527d8b5c3681c5c43e1212adb1142ab1529db78a2e1e92");
-  assert.equal(socketPath("/run/containerd/containerd.sock", "default", "probe1"), `/run/containerd/s/${want}`);
+  assert.equal(socketPath("/run/containerd/containerd.sock", ["default", "probe1"]), `/run/containerd/s/${want}`);
+  assert.equal(socketPath("/run/containerd/containerd.sock", ["default", "probe1"], "/tmp/s"), `/tmp/s/${want}`);
 });
 
 test("containers of one pod share a daemon; node grouping shares one per config", () => {
@@ -76,4 +79,42 @@ test("config: defaults, validation, unknown keys are errors", () => {
   assert.throws(() => parseConfig('mdoe = "vm"', "t.toml"), /unknown key "mdoe"/);
   assert.throws(() => parseConfig("[vm]\nvcpus = 0", "t.toml"), /vcpus/);
   assert.throws(() => parseConfig("mode = ", "t.toml"), (e: ShimError) => e.kind === "InvalidArgument");
+});
+
+test("containerd 2.x bootstrap: protobuf params in, protobuf result out; 1.6 stays plain", () => {
+  const flags = parseShimFlags(["-namespace", "k8s.io", "-address", "/c.sock", "-id", "c1", "start"]);
+  const opts = create(AnySchema, {
+    typeUrl: "type.googleapis.com/runtimeoptions.v1.Options",
+    value: toBinary(GenericOptions, create(GenericOptions, { configPath: "/etc/cocoon/x.toml" })),
+  });
+  const params = toBinary(BootstrapParamsSchema, create(BootstrapParamsSchema, {
+    instanceId: "c1", namespace: "k8s.io", containerdTtrpcAddress: "unix:///run/c.sock.ttrpc", socketDir: "/run/x/s",
+    extensions: [{ value: opts }],
+  }));
+  const input = parseStartInput(params, flags);
+  assert.equal(input.protocol, "bootstrap-v1");
+  assert.equal(input.ttrpcAddress, "/run/c.sock.ttrpc");
+  assert.equal(input.socketDir, "/run/x/s");
+  assert.deepEqual(input.options, { kind: "generic", configPath: "/etc/cocoon/x.toml", configBody: new Uint8Array() });
+  const reply = startReply(input, "unix:///run/x/s/abc");
+  assert.ok(reply instanceof Uint8Array);
+  const res = fromBinary(BootstrapResultSchema, reply as Uint8Array);
+  assert.deepEqual([res.version, res.address, res.protocol], [2, "unix:///run/x/s/abc", "ttrpc"]);
+
+  // containerd 1.6: the bare options Any; an Any never matches our id/namespace, so it stays legacy.
+  const legacy = toBinary(AnySchema, opts);
+  const l = parseStartInput(legacy, flags);
+  assert.equal(l.protocol, "legacy");
+  assert.equal(l.options.kind, "generic");
+  assert.equal(startReply(l, "unix:///x"), "unix:///x");
+  assert.equal(parseStartInput(new Uint8Array(), flags).protocol, "legacy");
+  // Params for another container are not ours: treated as legacy options, which then fail clearly.
+  const other = toBinary(BootstrapParamsSchema, create(BootstrapParamsSchema, { instanceId: "zz", namespace: "k8s.io" }));
+  assert.throws(() => parseStartInput(other, flags), (e: ShimError) => e.kind === "InvalidArgument");
+});
+
+test("the daemon receives the decoded options intact", () => {
+  const o = { kind: "generic" as const, configPath: "/a", configBody: new Uint8Array([1, 2, 3]) };
+  assert.deepEqual(decodeOptionsEnv(encodeOptions(o)), o);
+  assert.deepEqual(decodeOptionsEnv(undefined), { kind: "none" });
 });

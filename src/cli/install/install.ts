@@ -52,7 +52,7 @@ export interface CommonOptions {
 }
 
 export interface InstallOptions extends CommonOptions {
-  /** Checkout/image with dist/, bin/, deploy/config/, node_modules/koffi and guest/out/. */
+  /** Checkout/image with dist/, bin/, deploy/config/, node_modules/{koffi,@koromix/koffi-*} and guest/out/. */
   sourceRoot: string;
   /** Node.js binary copied to <prefix>/bin/node so the shim does not depend on the node's own; "" = skip. */
   nodeBinary?: string;
@@ -149,6 +149,11 @@ class Ops {
 
 function exists(p: string): boolean {
   return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
+}
+
+/** The installed @koromix/koffi-<platform> packages holding koffi's native module. */
+function koffiNativePackages(src: string): string[] {
+  return (listDir(join(src, "node_modules", "@koromix")) ?? []).filter((n) => n.startsWith("koffi-")).sort();
 }
 
 function listDir(p: string): string[] | undefined {
@@ -272,6 +277,7 @@ export async function install(o: InstallOptions): Promise<Report> {
   );
   const koffi = join(src, "node_modules", "koffi");
   if (!existsSync(koffi)) missing.push(koffi);
+  else if (!koffiNativePackages(src).length) missing.push(join(src, "node_modules", "@koromix", "koffi-<platform>"));
   if (missing.length) {
     const msg = `missing in ${src}: ${missing.join(", ")} (build first with \`npm run build\`)`;
     if (!o.dryRun) throw new Error(msg);
@@ -292,6 +298,10 @@ export async function install(o: InstallOptions): Promise<Report> {
   }
   for (const b of LAUNCHERS) if (existsSync(join(src, "bin", b))) ops.copyFile(join(src, "bin", b), join(prefix, "bin", b), 0o755);
   if (existsSync(koffi)) ops.copyDir(koffi, join(prefix, "node_modules", "koffi"));
+  // koffi's prebuilt native module comes in a per-platform package next to it.
+  const natives = koffiNativePackages(src);
+  if (natives.length) ops.mkdir(join(prefix, "node_modules", "@koromix"));
+  for (const n of natives) ops.copyDir(join(src, "node_modules", "@koromix", n), join(prefix, "node_modules", "@koromix", n));
   const nodeBinary = o.nodeBinary ?? process.execPath;
   if (nodeBinary) ops.copyFile(nodeBinary, join(prefix, "bin", "node"), 0o755);
   // The bounded KVM test boot, for `cocoon check` on the node (it boots the assets from step 4).
