@@ -10,7 +10,7 @@ import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
 import { BootstrapParamsSchema, BootstrapResultSchema } from "../gen/containerd/runtime/bootstrap/v1/bootstrap_pb.js";
 import { fromBinary } from "@bufbuild/protobuf";
 import { socketPath, toAddress } from "./address.js";
-import { spawnChild } from "./children.js";
+import { spawnChild } from "../sys/children.js";
 import type { CocoonConfig } from "./config.js";
 import type { ShimFlags } from "./flags.js";
 import { decodeOptions, decodeOptionsAny, resolveConfig, type RuntimeOptions } from "./options.js";

@@ -11,7 +11,7 @@ import { Logger } from "./log.js";
 import { resolveConfig } from "./options.js";
 import { decodeOptionsEnv } from "./bootstrap.js";
 import { Publisher } from "./publisher.js";
-import { Reaper } from "./reaper.js";
+import { Reaper } from "../sys/reaper.js";
 import type { Runtime, RuntimeContext } from "./runtime.js";
 import { registerTaskService } from "./service.js";
 import { TaskManager } from "./tasks.js";

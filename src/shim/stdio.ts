@@ -8,7 +8,7 @@ import path from "node:path";
 import tty from "node:tty";
 import { invalidArgument } from "./errors.js";
 import type { Stdio } from "./runtime.js";
-import { spawnChild } from "./children.js";
+import { spawnChild } from "../sys/children.js";
 import type { ChildProcess } from "node:child_process";
 import type { Sys } from "../sys/types.js";
 

@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { BundleState } from "../../shim/bootstrap.js";
-import { runChild } from "../../shim/children.js";
+import { runChild } from "../../sys/children.js";
 import { unmountAll } from "../../shim/mount.js";
 import type { Sys } from "../../sys/types.js";
 

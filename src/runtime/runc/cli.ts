@@ -2,7 +2,7 @@
 // Errors carry the runtime's own message, read from its JSON log, as containerd shows them.
 import { accessSync, constants, readFileSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
-import { runChild, spawnChild } from "../../shim/children.js";
+import { runChild, spawnChild } from "../../sys/children.js";
 import { failedPrecondition, notFound, ShimError } from "../../shim/errors.js";
 
 export interface OciCliOptions {

@@ -7,7 +7,7 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../shim/errors.js";
 import { mountAll, unmountAll } from "../../shim/mount.js";
-import type { Reaper } from "../../shim/reaper.js";
+import type { Reaper } from "../../sys/reaper.js";
 import type {
   CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
 } from "../../shim/runtime.js";

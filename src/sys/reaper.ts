@@ -3,7 +3,7 @@
 // happens before registration is kept in a short-lived cache so it is never lost, and zombies that
 // nobody claims are reaped so they do not pile up. Node's own children are left to libuv.
 import { readdirSync, readFileSync } from "node:fs";
-import type { ExitStatus, Sys } from "../sys/types.js";
+import type { ExitStatus, Sys } from "./types.js";
 import { isOwnChild } from "./children.js";
 
 export interface Exit {

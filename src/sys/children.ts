@@ -1,3 +1,4 @@
+// Process plumbing shared by the shim and the guest agent (not FFI itself): see reaper.ts.
 // Every child process the shim forks goes through here, so the reaper can tell Node's own children
 // (which libuv reaps and reports through 'exit') from re-parented container processes (which we reap).
 import { spawn, type ChildProcess, type SpawnOptions } from "node:child_process";

@@ -1,0 +1,105 @@
+// One private containerd that knows every runtime under comparison: Debian's runc-v2, Cocoon with
+// pod grouping and with node grouping, and optional Cocoon launcher variants (other node flags).
+// Cocoon configs are chosen per container with `ctr run --runtime-config-path`, so all rows share
+// one containerd and one image store.
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { startContainerd, type Containerd } from "../test/helpers/containerd.js";
+import { BUSYBOX_IMAGE, importImage } from "../test/helpers/image.js";
+import { repoRoot, tmpdir } from "../test/helpers/util.js";
+import type { Variant } from "./cli.js";
+
+export type Grouping = "pod" | "node";
+
+export interface RuntimeUnderTest {
+  /** Row label, e.g. `runc-v2`, `cocoon`, `cocoon:jitless`. */
+  label: string;
+  kind: "runc-v2" | "cocoon";
+  /** containerd runtime name given to `ctr run --runtime`. */
+  runtime: string;
+  /** Cocoon config file per grouping (none for runc-v2). */
+  configs?: Record<Grouping, string>;
+  /** The shim binary containerd runs for this runtime. */
+  binary: string;
+}
+
+export interface Rig {
+  ctrd: Containerd;
+  dir: string;
+  runcV2: RuntimeUnderTest;
+  cocoon: RuntimeUnderTest;
+  variants: RuntimeUnderTest[];
+  /** `ctr run` arguments that start `sleep 1000` detached. */
+  runArgs(rt: RuntimeUnderTest, id: string, opts?: { grouping?: Grouping; pod?: string }): string[];
+  /** Kills and removes a container and its task; never throws. */
+  remove(id: string): Promise<void>;
+  stop(): Promise<string[]>;
+}
+
+export const IMAGE = BUSYBOX_IMAGE;
+export const POD_ANNOTATION = "io.kubernetes.cri.sandbox-id";
+const LAUNCHER = join(repoRoot, "bin", "containerd-shim-cocoon-v2");
+const BUNDLE = join(repoRoot, "dist", "containerd-shim-cocoon-v2.cjs");
+
+function writeConfigs(dir: string, tag: string): Record<Grouping, string> {
+  const out = {} as Record<Grouping, string>;
+  for (const grouping of ["pod", "node"] as const) {
+    const path = join(dir, `cocoon-${tag}-${grouping}.toml`);
+    // Each config gets its own runc root; node grouping keys its daemon by config path, so every
+    // variant needs its own files to get its own daemon.
+    writeFileSync(path, `mode = "runc"\ngrouping = "${grouping}"\nlog_level = "info"\n[runc]\nroot = "${join(dir, "runc-" + tag)}"\n`);
+    out[grouping] = path;
+  }
+  return out;
+}
+
+/** A copy of the shipped launcher with other node flags, under a name containerd maps to its own runtime. */
+function writeLauncher(binDir: string, v: Variant): string {
+  const path = join(binDir, `containerd-shim-cocoon${v.name}-v2`);
+  const flags = v.nodeFlags.map((f) => `'${f.replace(/'/g, "'\\''")}'`).join(" ");
+  writeFileSync(path, `#!/bin/sh\nexec node ${flags} '${BUNDLE}' "$@"\n`);
+  chmodSync(path, 0o755);
+  return path;
+}
+
+export async function startRig(variants: Variant[]): Promise<Rig> {
+  const dir = tmpdir("cocoon-bench-");
+  const binDir = join(dir, "bin");
+  mkdirSync(binDir);
+  const cocoon: RuntimeUnderTest = {
+    label: "cocoon", kind: "cocoon", runtime: "io.containerd.cocoon.v2", configs: writeConfigs(dir, "main"), binary: LAUNCHER,
+  };
+  const runcV2: RuntimeUnderTest = { label: "runc-v2", kind: "runc-v2", runtime: "io.containerd.runc.v2", binary: "/usr/bin/containerd-shim-runc-v2" };
+  const vs = variants.map((v): RuntimeUnderTest => ({
+    label: `cocoon:${v.name}`, kind: "cocoon", runtime: `io.containerd.cocoon${v.name}.v2`,
+    configs: writeConfigs(dir, v.name), binary: writeLauncher(binDir, v),
+  }));
+  let ctrd: Containerd | undefined;
+  try {
+    ctrd = await startContainerd({ env: { COCOON_CONFIG: cocoon.configs!.pod }, pathPrepend: [join(repoRoot, "bin"), binDir] });
+    await importImage(ctrd, IMAGE);
+  } catch (e) {
+    await ctrd?.stop();
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  const c = ctrd;
+  return {
+    ctrd: c, dir, runcV2, cocoon, variants: vs,
+    runArgs(rt, id, opts = {}) {
+      const cfg = rt.configs ? ["--runtime-config-path", rt.configs[opts.grouping ?? "pod"]] : [];
+      const pod = opts.pod ? ["--annotation", `${POD_ANNOTATION}=${opts.pod}`] : [];
+      return ["run", "-d", "--runtime", rt.runtime, ...cfg, ...pod, IMAGE, id, "sleep", "1000"];
+    },
+    async remove(id) {
+      const q = { allowFail: true, timeoutMs: 20_000 };
+      await c.ctr(["tasks", "rm", "-f", id], q);
+      await c.ctr(["containers", "rm", id], q);
+    },
+    async stop() {
+      const report = await c.stop();
+      rmSync(dir, { recursive: true, force: true });
+      return report.leftovers;
+    },
+  };
+}

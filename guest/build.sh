@@ -1,0 +1,309 @@
+#!/usr/bin/env bash
+# Builds the vm-mode guest into guest/out/:
+#   vmlinuz              Debian's linux-image-*-amd64 kernel, unchanged (bzImage)
+#   vmlinux              the same kernel decompressed: an ELF with a PVH entry note, which QEMU
+#                        boots directly (no firmware, no in-guest xz decompression: ~3 s less on TCG)
+#   initramfs.cpio.zst   busybox-static + crun + node (+ libraries) + virtio/9p modules + /init + agent
+#   initramfs-9p.cpio.zst the same minus node/crun/libraries: it mounts the rootfs/ share as "/"
+#   rootfs/              the full tree, for the 9p-root variant (share it read-only, tag cocoon-root)
+#   modules-list.txt     the kernel modules shipped, in load order
+#   kernel-config        the kernel's own config, to look up what is built in
+#   manifest.json        package versions, module list, sizes and sha256 of every output
+# Re-running with unchanged inputs does nothing. Inputs: the kernel package apt resolves
+# linux-image-amd64 to, the host's busybox/crun/node binaries and the libraries they load, the
+# files in guest/, the agent, and the settings below.
+#
+# Settings (environment):
+#   COCOON_GUEST_AGENT     agent script run by node as PID 1 (default guest/placeholder-agent.cjs)
+#   COCOON_GUEST_KOFFI     a node_modules directory holding koffi (and its prebuilt native part,
+#                          @koromix/koffi-linux-x64) to ship beside the agent (default: none)
+#   COCOON_GUEST_COMPRESS  zstd (default; the kernel has CONFIG_RD_ZSTD and unpacks it faster) or gzip
+#   COCOON_GUEST_OUT       output directory (default guest/out)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+OUT=${COCOON_GUEST_OUT:-$HERE/out}
+AGENT=${COCOON_GUEST_AGENT:-$HERE/placeholder-agent.cjs}
+KOFFI=${COCOON_GUEST_KOFFI:-}
+COMPRESS=${COCOON_GUEST_COMPRESS:-zstd}
+KERNEL_META=linux-image-amd64
+# Loaded in this order's dependency closure; everything else the guest needs is built in
+# (see README.md for the CONFIG_ facts behind this list).
+MODULES=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk virtio_rng
+  9pnet_virtio 9p overlay vmw_vsock_virtio_transport)
+EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
+
+log() { echo "guest/build: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+case "$COMPRESS" in
+  gzip) INITRD_EXT=gz; compress() { gzip -n -6; } ;;
+  zstd) INITRD_EXT=zst; compress() { zstd -q -19 -T0; } ;;
+  *) die "COCOON_GUEST_COMPRESS must be gzip or zstd" ;;
+esac
+INITRD=initramfs.cpio.$INITRD_EXT
+INITRD_9P=initramfs-9p.cpio.$INITRD_EXT
+
+BUSYBOX=/bin/busybox
+CRUN=/usr/bin/crun
+NODE=/usr/bin/node
+for tool in apt-get apt-cache dpkg-deb dpkg-query depmod cpio ldd sha256sum xz "$COMPRESS"; do
+  command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+  die "install busybox-static (apt-get install busybox-static): the guest needs its static /bin/busybox"
+[[ -x $CRUN ]] || die "install crun (apt-get install crun)"
+[[ -x $NODE ]] || die "node is expected at $NODE"
+[[ -f $AGENT ]] || die "agent script not found: $AGENT"
+[[ -z $KOFFI || -f $KOFFI/koffi/package.json ]] || die "COCOON_GUEST_KOFFI has no koffi package: $KOFFI"
+# koffi loads its native part from the platform package next to it.
+KOFFI_PKGS=(koffi @koromix/koffi-linux-x64)
+
+# --- inputs and the cache check ----------------------------------------------------------
+
+# The metapackage depends on exactly one versioned image package, pinned with "(= VERSION)";
+# one apt-cache call (about 0.7 s here) tells both.
+read -r KPKG KPKG_VERSION < <(apt-cache show --no-all-versions "$KERNEL_META" 2>/dev/null |
+  sed -n 's/^Depends:.*\(linux-image-[0-9][^ ,]*\) (= \([^)]*\)).*/\1 \2/p' | head -n1) || true
+[[ -n ${KPKG:-} && -n ${KPKG_VERSION:-} ]] || die "apt cannot resolve $KERNEL_META (run apt-get update once)"
+
+host_libs() { # the shared libraries a host binary loads, as ldd names them
+  { ldd "$1" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+}
+pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
+
+fingerprint() {
+  echo "kernel $KPKG $KPKG_VERSION"
+  echo "compress $COMPRESS modules ${MODULES[*]} epoch $EPOCH"
+  sha256sum "$HERE/build.sh" "$HERE/init.sh" "$AGENT"
+  if [[ -n $KOFFI ]]; then
+    (cd "$KOFFI" && find "${KOFFI_PKGS[@]}" -type f 2>/dev/null | LC_ALL=C sort | xargs -d '\n' sha256sum)
+  fi
+  # Host binaries and their libraries: size and mtime change with every package upgrade.
+  { for bin in "$BUSYBOX" "$CRUN" "$NODE"; do echo "$bin"; host_libs "$bin"; done; } |
+    LC_ALL=C sort -u | xargs -d '\n' stat -L -c '%n %s %Y'
+  command -v strip >/dev/null && echo "strip yes" || echo "strip no"
+}
+# One build at a time per output directory; a second caller waits, then finds it up to date.
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9
+INPUTS=$(fingerprint)
+STAMP=$OUT/.inputs
+outputs_present() {
+  for f in vmlinuz vmlinux "$INITRD" "$INITRD_9P" rootfs/init modules-list.txt kernel-config manifest.json; do
+    [[ -e $OUT/$f ]] || return 1
+  done
+}
+if [[ -f $STAMP ]] && [[ "$(cat "$STAMP")" == "$INPUTS" ]] && outputs_present; then
+  log "up to date ($OUT)"
+  exit 0
+fi
+
+# --- kernel ------------------------------------------------------------------------------
+
+mkdir -p "$OUT/cache"
+WORK=$(mktemp -d "$OUT/.build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+DEB=$OUT/cache/${KPKG}_${KPKG_VERSION//:/%3a}_amd64.deb
+if [[ ! -f $DEB ]]; then
+  log "downloading $KPKG=$KPKG_VERSION"
+  rm -f "$OUT"/cache/"${KPKG}"_*.deb
+  # apt-get verifies the download against the signed package lists.
+  (cd "$OUT/cache" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KPKG_VERSION" >/dev/null)
+  [[ -f $DEB ]] || die "apt-get download did not produce $DEB"
+fi
+KPKG_SHA256=$(sha256sum "$DEB" | cut -d' ' -f1)
+
+log "extracting $KPKG"
+KROOT=$WORK/kernel
+nice -n 10 dpkg-deb -x "$DEB" "$KROOT"
+KVER=$(cd "$KROOT/lib/modules" && ls | head -n1)
+[[ -f $KROOT/boot/vmlinuz-$KVER ]] || die "no boot/vmlinuz-$KVER in $KPKG"
+# The package ships no modules.dep (its postinst runs depmod); depmod builds it from the
+# dependencies recorded in each module of the package.
+depmod -b "$KROOT" "$KVER"
+MODDIR=$KROOT/lib/modules/$KVER
+
+declare -A MOD_PATH MOD_DEPS SEEN
+while IFS=: read -r mod deps; do
+  name=${mod##*/}
+  name=${name%%.ko*}
+  MOD_PATH[${name//-/_}]=$mod
+  MOD_DEPS[$mod]=$deps
+done <"$MODDIR/modules.dep"
+LOAD_ORDER=()
+visit() { # depth first: a module is listed after everything it needs
+  local mod=$1 dep
+  [[ -n ${SEEN[$mod]:-} ]] && return
+  SEEN[$mod]=1
+  for dep in ${MOD_DEPS[$mod]}; do visit "$dep"; done
+  LOAD_ORDER+=("$mod")
+}
+for name in "${MODULES[@]}"; do
+  mod=${MOD_PATH[${name//-/_}]:-}
+  if [[ -z $mod ]]; then
+    grep -q "/${name//_/[-_]}\.ko" "$MODDIR/modules.builtin" && { log "$name is built in"; continue; }
+    die "module $name is neither in $KPKG nor built in"
+  fi
+  visit "$mod"
+done
+
+# --- the initramfs tree ------------------------------------------------------------------
+
+STAGE=$WORK/root
+mkdir -p "$STAGE"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,usr/lib/cocoon,etc,dev,proc,sys,run,tmp,mnt,newroot,root}
+ln -s usr/bin "$STAGE/bin"
+ln -s usr/sbin "$STAGE/sbin"
+ln -s usr/lib "$STAGE/lib"
+ln -s usr/lib64 "$STAGE/lib64"
+chmod 1777 "$STAGE/tmp"
+chmod 0700 "$STAGE/root"
+mknod -m 0600 "$STAGE/dev/console" c 5 1
+mknod -m 0666 "$STAGE/dev/null" c 1 3
+
+copy_libs() { # the libraries of a host binary, at the paths ldd names, contents dereferenced
+  local lib
+  for lib in $(host_libs "$1"); do
+    [[ -e $STAGE$lib ]] || install -D -m 0755 "$(readlink -f "$lib")" "$STAGE$lib"
+  done
+}
+
+install -m 0755 "$BUSYBOX" "$STAGE/usr/bin/busybox"
+install -m 0755 "$CRUN" "$STAGE/usr/bin/crun"
+copy_libs "$CRUN"
+if command -v strip >/dev/null; then
+  # Only debug info and the static symbol table go; .dynsym stays for native addons (koffi).
+  strip --strip-unneeded -o "$STAGE/usr/bin/node" "$NODE"
+  chmod 0755 "$STAGE/usr/bin/node"
+else
+  install -m 0755 "$NODE" "$STAGE/usr/bin/node"
+fi
+copy_libs "$NODE"
+for applet in $("$BUSYBOX" --list-full); do
+  case "$applet" in bin/* | sbin/* | usr/bin/* | usr/sbin/*) ;; *) continue ;; esac
+  [[ -e $STAGE/$applet || -L $STAGE/$applet ]] || ln -s /usr/bin/busybox "$STAGE/$applet"
+done
+
+install -m 0755 "$HERE/init.sh" "$STAGE/init"
+install -m 0644 "$AGENT" "$STAGE/usr/lib/cocoon/agent.cjs"
+if [[ -n $KOFFI ]]; then
+  for pkg in "${KOFFI_PKGS[@]}"; do
+    [[ -d $KOFFI/$pkg ]] || { log "warning: $KOFFI/$pkg missing"; continue; }
+    mkdir -p "$STAGE/usr/lib/cocoon/node_modules/$pkg"
+    cp -a "$KOFFI/$pkg/." "$STAGE/usr/lib/cocoon/node_modules/$pkg/"
+  done
+  # The musl build is dead weight on this glibc guest.
+  rm -rf "$STAGE/usr/lib/cocoon/node_modules/@koromix/koffi-linux-x64/musl_x64"
+fi
+
+cat >"$STAGE/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+EOF
+cat >"$STAGE/etc/group" <<'EOF'
+root:x:0:
+tty:x:5:
+nogroup:x:65534:
+EOF
+printf '127.0.0.1\tlocalhost cocoon\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$STAGE/etc/hosts"
+printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$STAGE/etc/nsswitch.conf"
+echo cocoon >"$STAGE/etc/hostname"
+: >"$STAGE/etc/resolv.conf"
+
+GMOD=$STAGE/usr/lib/modules/$KVER
+mkdir -p "$GMOD"
+for mod in "${LOAD_ORDER[@]}"; do
+  # Busybox insmod wants plain ELF; decompress if this kernel ever ships compressed modules.
+  dest=$GMOD/${mod%.ko*}.ko
+  mkdir -p "${dest%/*}"
+  case "$mod" in
+    *.ko) cp "$MODDIR/$mod" "$dest" ;;
+    *.ko.xz) xz -dc "$MODDIR/$mod" >"$dest" ;;
+    *.ko.zst) zstd -qdc "$MODDIR/$mod" >"$dest" ;;
+    *.ko.gz) gzip -dc "$MODDIR/$mod" >"$dest" ;;
+    *) die "unknown module format: $mod" ;;
+  esac
+  deps=""
+  for dep in ${MOD_DEPS[$mod]}; do deps+=" ${dep%.ko*}.ko"; done
+  echo "${mod%.ko*}.ko:$deps" >>"$GMOD/modules.dep"
+  echo "${mod%.ko*}.ko" >>"$GMOD/load-order"
+done
+cp "$MODDIR/modules.builtin" "$MODDIR/modules.order" "$GMOD/"
+
+extract_vmlinux() { # the ELF kernel inside a bzImage (CONFIG_KERNEL_XZ here), checked for PVH
+  grep -q '^CONFIG_KERNEL_XZ=y' "$KROOT/boot/config-$KVER" || die "kernel is not xz-compressed; teach extract_vmlinux"
+  grep -q '^CONFIG_PVH=y' "$KROOT/boot/config-$KVER" || die "kernel has no PVH entry (CONFIG_PVH)"
+  local offset
+  for offset in $(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$1" | cut -d: -f1); do
+    tail -c +$((offset + 1)) "$1" | xz -dc 2>/dev/null >"$2" || true
+    [[ "$(head -c 4 "$2" | od -An -tx1 | tr -d ' ')" == 7f454c46 ]] && return 0
+  done
+  die "no xz-compressed ELF found in $1"
+}
+
+# --- outputs -----------------------------------------------------------------------------
+
+pack() { # pack DIR into a compressed newc cpio at FILE
+  find "$1" -exec touch -h -d "@$EPOCH" {} +
+  (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
+    nice -n 10 bash -c "$(declare -f compress); compress" >"$2"
+}
+
+NEW=$WORK/out
+mkdir -p "$NEW"
+cp "$KROOT/boot/vmlinuz-$KVER" "$NEW/vmlinuz"
+extract_vmlinux "$NEW/vmlinuz" "$NEW/vmlinux"
+cp "$KROOT/boot/config-$KVER" "$NEW/kernel-config"
+printf '%s\n' "${LOAD_ORDER[@]}" | sed 's/\.ko.*$/.ko/' >"$NEW/modules-list.txt"
+log "packing $INITRD"
+pack "$STAGE" "$NEW/$INITRD"
+
+# 9p-root variant: the same tree serves as the shared root; its initramfs only needs what
+# stage 1 of /init uses (busybox, modules, /init itself).
+cp -a "$STAGE" "$NEW/rootfs"
+SMALL=$WORK/small
+mkdir -p "$SMALL/usr/bin" "$SMALL/usr/lib"
+cp -a "$STAGE"/{bin,sbin,lib,lib64,dev,proc,sys,newroot,init} "$SMALL/"
+mkdir -p "$SMALL/usr/sbin" "$SMALL/usr/lib64"
+cp -a "$STAGE/usr/lib/modules" "$SMALL/usr/lib/"
+cp -a "$STAGE/usr/bin/busybox" "$SMALL/usr/bin/"
+for applet in $(cd "$STAGE" && find usr/bin usr/sbin -type l); do cp -a "$STAGE/$applet" "$SMALL/$applet"; done
+log "packing $INITRD_9P"
+pack "$SMALL" "$NEW/$INITRD_9P"
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
+  BUSYBOX_VERSION=$(pkg_version busybox-static) CRUN_VERSION=$(pkg_version crun) \
+  NODE_PKG_VERSION=$(pkg_version nodejs) NODE_VERSION=$("$NODE" --version) \
+  VMLINUZ_SHA=$(sha "$NEW/vmlinuz") VMLINUZ_SIZE=$(size "$NEW/vmlinuz") \
+  VMLINUX_SHA=$(sha "$NEW/vmlinux") VMLINUX_SIZE=$(size "$NEW/vmlinux") \
+  INITRD=$INITRD INITRD_SHA=$(sha "$NEW/$INITRD") INITRD_SIZE=$(size "$NEW/$INITRD") \
+  INITRD_9P=$INITRD_9P INITRD_9P_SHA=$(sha "$NEW/$INITRD_9P") INITRD_9P_SIZE=$(size "$NEW/$INITRD_9P") \
+  TREE_SIZE=$(du -sb "$STAGE" | cut -f1) AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT KOFFI=$KOFFI \
+  COMPRESS=$COMPRESS MODULES_FILE="$NEW/modules-list.txt" \
+  "$NODE" -e '
+    const fs = require("node:fs");
+    const e = process.env;
+    const manifest = {
+      kernel: { package: e.KPKG, version: e.KPKG_VERSION, debSha256: e.KPKG_SHA256, release: e.KVER,
+        vmlinuz: { sha256: e.VMLINUZ_SHA, bytes: Number(e.VMLINUZ_SIZE) },
+        vmlinux: { sha256: e.VMLINUX_SHA, bytes: Number(e.VMLINUX_SIZE), boot: "PVH" } },
+      initramfs: { file: e.INITRD, compression: e.COMPRESS, sha256: e.INITRD_SHA, bytes: Number(e.INITRD_SIZE),
+        unpackedBytes: Number(e.TREE_SIZE) },
+      initramfs9p: { file: e.INITRD_9P, sha256: e.INITRD_9P_SHA, bytes: Number(e.INITRD_9P_SIZE), rootfsDir: "rootfs" },
+      packages: { "busybox-static": e.BUSYBOX_VERSION, crun: e.CRUN_VERSION, nodejs: e.NODE_PKG_VERSION },
+      node: e.NODE_VERSION,
+      agent: { source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: "/usr/lib/cocoon/agent.cjs", koffi: e.KOFFI || null },
+      modules: fs.readFileSync(e.MODULES_FILE, "utf8").trim().split("\n"),
+    };
+    process.stdout.write(JSON.stringify(manifest, null, 2) + "\n");
+  ' >"$NEW/manifest.json"
+
+# Swap the new outputs in; rootfs/ is a directory, so replace it whole.
+rm -rf "$OUT/rootfs" "$OUT"/initramfs*.cpio.*
+mv "$NEW"/* "$OUT/"
+echo "$INPUTS" >"$STAMP"
+log "built $OUT: vmlinuz $(size "$OUT/vmlinuz") B, $INITRD $(size "$OUT/$INITRD") B, $INITRD_9P $(size "$OUT/$INITRD_9P") B ($KPKG $KPKG_VERSION)"

@@ -1,0 +1,127 @@
+#!/bin/sh
+# /init of the cocoon guest (busybox sh). Runs twice:
+#   stage 1 (PID 1 straight from the initramfs): load modules, then move to a root that is a
+#            real mount, because pivot_root(2) refuses to run while "/" is the initramfs rootfs
+#            and crun pivots into every container root;
+#   stage 2 (COCOON_STAGE=2): mount the runtime file systems, publish the virtio ports, mount
+#            the 9p shares, and exec the agent, which stays PID 1 for the life of the VM.
+# Kernel command line knobs (all optional):
+#   cocoon.root=TAG   use the read-only 9p share TAG as "/" instead of the initramfs
+#   cocoon.debug=1    print each step with the guest uptime
+PATH=/usr/bin:/usr/sbin:/bin:/sbin
+export PATH
+
+AGENT=/usr/lib/cocoon/agent.cjs
+MSIZE=262144
+
+uptime_s() { read -r up _ </proc/uptime; echo "$up"; }
+say() { echo "cocoon-init: $* (uptime $(uptime_s))"; }
+debug() { [ "$DEBUG" = 1 ] && say "$@"; return 0; }
+die() { say "FATAL: $*"; echo o >/proc/sysrq-trigger; sleep 5; exit 1; }
+
+cmdline_value() {
+  for word in $(cat /proc/cmdline); do
+    case "$word" in "$1="*) echo "${word#*=}"; return 0 ;; esac
+  done
+  return 1
+}
+
+load_modules() {
+  kver=$(uname -r)
+  order=/lib/modules/$kver/load-order
+  [ -f "$order" ] || return 0
+  while read -r ko; do
+    # EEXIST (already loaded) is fine; anything else is reported but not fatal, so one
+    # missing optional device does not cost the whole VM.
+    insmod "/lib/modules/$kver/$ko" 2>/tmp-insmod.err || grep -q 'File exists' /tmp-insmod.err ||
+      say "insmod $ko failed: $(cat /tmp-insmod.err)"
+  done <"$order"
+  rm -f /tmp-insmod.err
+}
+
+stage1() {
+  mount -t proc -o nosuid,nodev,noexec proc /proc
+  mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+  mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
+  DEBUG=$(cmdline_value cocoon.debug || echo 0)
+  export DEBUG
+  say "stage 1"
+  load_modules
+  debug "modules loaded"
+
+  mkdir -p /newroot
+  root_tag=$(cmdline_value cocoon.root || true)
+  if [ -n "$root_tag" ]; then
+    mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=$MSIZE "$root_tag" /newroot ||
+      die "cannot mount 9p root '$root_tag'"
+  else
+    # A bind mount of the initramfs moved over "/" has a parent mount, which is all
+    # pivot_root needs; nothing is copied.
+    mount -o bind / /newroot || die "bind mount of / failed"
+  fi
+  for fs in dev proc sys; do mount -o move "/$fs" "/newroot/$fs" || die "move /$fs failed"; done
+  cd /newroot || die "cd /newroot"
+  COCOON_STAGE=2
+  COCOON_ROOT_TAG=$root_tag
+  export COCOON_STAGE COCOON_ROOT_TAG
+  if [ -n "$root_tag" ]; then
+    exec switch_root /newroot /init
+  fi
+  mount -o move . / || die "move of new root failed"
+  exec chroot . /init
+}
+
+publish_virtio_ports() {
+  # udev would create /dev/virtio-ports/NAME; there is no udev here.
+  mkdir -p /dev/virtio-ports
+  for port in /sys/class/virtio-ports/*; do
+    [ -f "$port/name" ] || continue
+    name=$(cat "$port/name")
+    [ -n "$name" ] && ln -sf "../${port##*/}" "/dev/virtio-ports/$name"
+  done
+}
+
+mount_shares() {
+  # Every 9p device except the root one is mounted at /mnt/<mount_tag>.
+  for dev in /sys/bus/virtio/drivers/9pnet_virtio/virtio*; do
+    [ -f "$dev/mount_tag" ] || continue
+    tag=$(tr -d '\000' <"$dev/mount_tag")
+    [ -n "$tag" ] && [ "$tag" != "$COCOON_ROOT_TAG" ] || continue
+    mkdir -p "/mnt/$tag"
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=$MSIZE "$tag" "/mnt/$tag" ||
+      say "mount of 9p share '$tag' failed"
+  done
+}
+
+enable_cgroup_controllers() {
+  # cgroup v2 only: crun drives it natively, and one hierarchy is one mount.
+  mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate cgroup2 /sys/fs/cgroup || die "cgroup2 mount failed"
+  wanted=""
+  for c in $(cat /sys/fs/cgroup/cgroup.controllers); do wanted="$wanted +$c"; done
+  [ -n "$wanted" ] && echo "$wanted" >/sys/fs/cgroup/cgroup.subtree_control
+}
+
+stage2() {
+  say "stage 2"
+  mkdir -p /dev/pts /dev/shm /dev/mqueue
+  mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts /dev/pts
+  ln -sf pts/ptmx /dev/ptmx
+  mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm
+  mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
+  ln -sf /proc/self/fd /dev/fd
+  ln -sf /proc/self/fd/0 /dev/stdin
+  ln -sf /proc/self/fd/1 /dev/stdout
+  ln -sf /proc/self/fd/2 /dev/stderr
+  mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
+  mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
+  mount -t tmpfs -o nosuid,nodev,mode=0755 mnt /mnt
+  enable_cgroup_controllers
+  publish_virtio_ports
+  mount_shares
+  hostname cocoon
+  ip link set lo up
+  say "exec agent"
+  exec node "$AGENT"
+}
+
+if [ "${COCOON_STAGE:-1}" = 2 ]; then stage2; else stage1; fi

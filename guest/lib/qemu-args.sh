@@ -1,0 +1,71 @@
+# shellcheck shell=bash
+# The QEMU command line for one cocoon guest, shared by boot-check.sh and kvm-probe.sh so
+# both test exactly what README.md documents. Source it, set the variables, call
+# guest_qemu_args; the command is left in the array QEMU_ARGS.
+#
+#   GUEST_OUT      directory with vmlinuz and the initramfs files (guest/out)
+#   MACHINE        q35 | pc | microvm                       (default q35)
+#   ACCEL          tcg | kvm                                (default tcg)
+#   VARIANT        initramfs | 9p   (9p: small initramfs, rootfs/ shared read-only as "/")
+#   MEM            guest memory, QEMU syntax                (default 256M)
+#   KVM_CPU        -cpu model under KVM                     (default host)
+#   KERNEL_IMAGE   vmlinux (PVH entry, default) | vmlinuz (bzImage, through the firmware)
+#   CONSOLE_LOG    file the guest's serial console is written to
+#   AGENT_SOCK     unix socket QEMU listens on for the agent port "agent.0"
+#   SHARE_DIR      host directory shared read-write with mount_tag "cocoon" (/mnt/cocoon)
+#   PIDFILE        where QEMU writes its pid (optional)
+#   EXTRA_APPEND   more kernel command line words (optional)
+
+guest_qemu_args() {
+  local machine=${MACHINE:-q35} accel=${ACCEL:-tcg} variant=${VARIANT:-initramfs} mem=${MEM:-256M}
+  local kernel=${KERNEL_IMAGE:-vmlinux} bus cpu initrd append
+  case "$machine" in
+    q35 | pc) bus=pci ;;
+    # microvm has no PCI: its virtio devices sit on virtio-mmio, announced through ACPI.
+    microvm) bus=device ;;
+    *) echo "unknown MACHINE $machine" >&2; return 1 ;;
+  esac
+  case "$accel" in
+    tcg) cpu=max ;;
+    kvm) cpu=${KVM_CPU:-host} ;;
+    *) echo "unknown ACCEL $accel" >&2; return 1 ;;
+  esac
+  # The initramfs root holds ~100 MB; the kernel's default tmpfs rootfs is capped at half of
+  # RAM, ramfs is not, so 256M guests can unpack it.
+  append="console=ttyS0 quiet panic=-1 rootfstype=ramfs"
+  if [[ $machine == microvm && $accel == tcg ]]; then
+    # microvm has neither HPET nor ACPI PM timer, and under TCG the PIT calibration of the TSC
+    # often fails, after which the boot hangs for good. TCG's guest TSC runs at the host's TSC
+    # rate, so tell the kernel that rate.
+    append+=" tsc_early_khz=$(host_tsc_khz)"
+  fi
+  initrd=$(ls "$GUEST_OUT"/initramfs.cpio.* | head -n1)
+  QEMU_ARGS=(qemu-system-x86_64
+    -nodefaults -no-user-config -display none -no-reboot
+    -M "$machine" -accel "$accel" -cpu "$cpu" -m "$mem" -smp 1
+    -kernel "$GUEST_OUT/$kernel")
+  if [[ $variant == 9p ]]; then
+    initrd=$(ls "$GUEST_OUT"/initramfs-9p.cpio.* | head -n1)
+    append+=" cocoon.root=cocoon-root"
+    QEMU_ARGS+=(-fsdev "local,id=fsroot,path=$GUEST_OUT/rootfs,security_model=none,readonly=on"
+      -device "virtio-9p-$bus,fsdev=fsroot,mount_tag=cocoon-root")
+  fi
+  QEMU_ARGS+=(-initrd "$initrd" -append "$append${EXTRA_APPEND:+ $EXTRA_APPEND}"
+    -serial "file:$CONSOLE_LOG"
+    -device "virtio-serial-$bus,id=vser0"
+    -chardev "socket,id=agent,path=$AGENT_SOCK,server=on,wait=off"
+    -device "virtserialport,bus=vser0.0,chardev=agent,name=agent.0"
+    -fsdev "local,id=fs0,path=$SHARE_DIR,security_model=none"
+    -device "virtio-9p-$bus,fsdev=fs0,mount_tag=cocoon"
+    -device "virtio-rng-$bus")
+  [[ -n ${PIDFILE:-} ]] && QEMU_ARGS+=(-pidfile "$PIDFILE")
+  return 0
+}
+
+host_tsc_khz() { # the host's TSC rate in kHz, as its kernel reports it
+  local mhz
+  mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p' | tail -n1)
+  [[ -n $mhz ]] || mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Detected \([0-9.]*\) MHz processor.*/\1/p' | tail -n1)
+  [[ -n $mhz ]] || mhz=$(awk -F': ' '/^cpu MHz/ {print $2; exit}' /proc/cpuinfo)
+  awk -v m="$mhz" 'BEGIN {printf "%d", m * 1000}'
+}
