@@ -5,6 +5,9 @@ import { deleteCommand, startCommand, writeStdout } from "../shim/bootstrap.js";
 import { runDaemon } from "../shim/daemon.js";
 import { RuncRuntime } from "../runtime/runc/runtime.js";
 import { cleanupRuncBundle } from "../runtime/runc/cleanup.js";
+import { VmRuntime } from "../runtime/vm/runtime.js";
+import { cleanupVmBundle } from "../runtime/vm/cleanup.js";
+import { Qemu } from "../runtime/vm/qemu.js";
 import { invalidArgument } from "../shim/errors.js";
 import { sys } from "../sys/index.js";
 
@@ -34,7 +37,10 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case "delete": {
-      const out = await deleteCommand(flags, { runc: (id, bundle, state) => cleanupRuncBundle(sys, id, bundle, state) });
+      const out = await deleteCommand(flags, {
+        runc: (id, bundle, state) => cleanupRuncBundle(sys, id, bundle, state),
+        vm: (id, bundle, state) => cleanupVmBundle(sys, id, bundle, state),
+      });
       writeStdout(out);
       return 0;
     }
@@ -43,6 +49,7 @@ async function main(argv: string[]): Promise<number> {
         sys,
         makeRuntime(mode, ctx, reaper) {
           if (mode === "runc") return new RuncRuntime(ctx, sys, reaper);
+          if (mode === "vm") return new VmRuntime(ctx, sys, new Qemu(ctx.config.vm.qemu), ctx.config.vm.stateDir);
           throw invalidArgument(`mode "${mode}" is not available in this build`);
         },
       });

@@ -22,6 +22,8 @@ export interface VmConfig {
   qemu: string;
   kernel: string;
   initrd: string;
+  /** Guest root filesystem directory shared read-only over 9p ("" = everything is in the initrd). */
+  rootfs: string;
   /** "auto" probes KVM with a bounded boot and falls back to TCG. */
   accel: "auto" | "kvm" | "tcg";
   vcpus: number;
@@ -29,6 +31,8 @@ export interface VmConfig {
   bootTimeoutSec: number;
   kernelParams: string;
   sharedFs: "9p" | "virtio-fs";
+  /** Per-sandbox run directories (sockets, console logs, shared dirs) and the KVM probe cache. */
+  stateDir: string;
 }
 
 export interface CocoonConfig {
@@ -51,14 +55,16 @@ export function defaultConfig(): CocoonConfig {
     runc: { binary: "runc", root: "/run/containerd/cocoon", systemdCgroup: false, noPivotRoot: false, noNewKeyring: false, criuPath: "" },
     vm: {
       qemu: "qemu-system-x86_64",
-      kernel: `${DEFAULT_ASSET_DIR}/vmlinuz`,
-      initrd: `${DEFAULT_ASSET_DIR}/initramfs.cpio.gz`,
+      kernel: `${DEFAULT_ASSET_DIR}/vmlinux`,
+      initrd: `${DEFAULT_ASSET_DIR}/initramfs-9p.cpio.zst`,
+      rootfs: `${DEFAULT_ASSET_DIR}/rootfs`,
       accel: "auto",
       vcpus: 1,
       memoryMiB: 512,
       bootTimeoutSec: 60,
       kernelParams: "",
       sharedFs: "9p",
+      stateDir: "/run/cocoon/vm",
     },
     source: "",
   };
@@ -109,17 +115,19 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     criuPath: pick(runc, "criu_path", "string", where, cfg.runc.criuPath),
   };
   const vm = (doc["vm"] ?? {}) as Table;
-  checkKeys(vm, ["qemu", "kernel", "initrd", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs"], where, "vm.");
+  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir"], where, "vm.");
   cfg.vm = {
     qemu: pick(vm, "qemu", "string", where, cfg.vm.qemu),
     kernel: pick(vm, "kernel", "string", where, cfg.vm.kernel),
     initrd: pick(vm, "initrd", "string", where, cfg.vm.initrd),
+    rootfs: pick(vm, "rootfs", "string", where, cfg.vm.rootfs),
     accel: oneOf(pick(vm, "accel", "string", where, cfg.vm.accel), ["auto", "kvm", "tcg"] as const, "vm.accel", where),
     vcpus: pick(vm, "vcpus", "number", where, cfg.vm.vcpus),
     memoryMiB: pick(vm, "memory_mib", "number", where, cfg.vm.memoryMiB),
     bootTimeoutSec: pick(vm, "boot_timeout_sec", "number", where, cfg.vm.bootTimeoutSec),
     kernelParams: pick(vm, "kernel_params", "string", where, cfg.vm.kernelParams),
     sharedFs: oneOf(pick(vm, "shared_fs", "string", where, cfg.vm.sharedFs), ["9p", "virtio-fs"] as const, "vm.shared_fs", where),
+    stateDir: pick(vm, "state_dir", "string", where, cfg.vm.stateDir),
   };
   if (!Number.isInteger(cfg.vm.vcpus) || cfg.vm.vcpus < 1) throw invalidArgument(`config ${where}: vm.vcpus must be a positive integer`);
   if (!Number.isInteger(cfg.vm.memoryMiB) || cfg.vm.memoryMiB < 64) throw invalidArgument(`config ${where}: vm.memory_mib must be an integer >= 64`);

@@ -181,6 +181,14 @@ export class ProcessIO {
     return this.child;
   }
 
+  /** Hands the three fds over to the caller, who then owns (and closes) them: for shims that relay
+   *  the streams themselves instead of giving them to a local process (vm mode). */
+  takeChildFds(): [number, number, number] {
+    const fds = this.child;
+    this.child = [-1, -1, -1];
+    return fds;
+  }
+
   /** After the process (or the OCI runtime that starts it) got its copies, drop the shim's. */
   releaseChildFds() {
     for (const fd of this.child) if (fd >= 0) safeClose(fd);

@@ -1,0 +1,35 @@
+// What `delete` does for a vm-mode container whose daemon may be gone: kill the pod's QEMU (when
+// this container owned the VM), remove its tap device and unmount what was shared with the guest.
+import { readFileSync, rmSync } from "node:fs";
+import path from "node:path";
+import type { BundleState } from "../../shim/bootstrap.js";
+import { unmountAll } from "../../shim/mount.js";
+import type { Sys } from "../../sys/types.js";
+import { teardownTap } from "./network.js";
+import type { VmBundleState } from "./runtime.js";
+
+function isQemu(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("qemu-system");
+  } catch {
+    return false;
+  }
+}
+
+export async function cleanupVmBundle(sys: Sys, id: string, _bundle: string, state: BundleState): Promise<{ pid: number }> {
+  const s = state as VmBundleState;
+  unmountAll(sys, path.join(s.sharedDir, id));
+  rmSync(path.join(s.sharedDir, id), { recursive: true, force: true });
+  if (s.isSandbox) {
+    // The pid file is checked against /proc so a recycled pid is never killed.
+    if (s.qemuPid && isQemu(s.qemuPid)) {
+      try {
+        process.kill(s.qemuPid, "SIGKILL");
+      } catch {}
+    }
+    if (s.netns && s.iface) await teardownTap(s.netns, s.iface).catch(() => undefined);
+    unmountAll(sys, s.sharedDir);
+    rmSync(s.runDir, { recursive: true, force: true });
+  }
+  return { pid: 0 };
+}

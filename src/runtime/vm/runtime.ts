@@ -1,0 +1,394 @@
+// vm mode: every pod is a QEMU VM with its own guest kernel. The pod's sandbox container boots the
+// VM; every container of the pod then runs inside it through the guest agent. Container rootfs and
+// volumes reach the guest through one shared directory; the pod network through a tap device.
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import path from "node:path";
+import { failedPrecondition, internal, invalidArgument, notFound, ShimError, unimplemented } from "../../shim/errors.js";
+import { writeBundleState, type BundleState } from "../../shim/bootstrap.js";
+import type { CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats } from "../../shim/runtime.js";
+import { ProcessIO } from "../../shim/stdio.js";
+import { TtrpcClient } from "../../ttrpc/index.js";
+import type { Sys } from "../../sys/types.js";
+import { agentApi, type AgentApi } from "./agent.js";
+import type { Hypervisor, VmHandle } from "./hypervisor.js";
+import { chooseAccel } from "./kvm.js";
+import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
+import { startRelay, type Relay } from "./relay.js";
+import { shareContainer, unshareContainer } from "./sharedfs.js";
+
+export const SANDBOX_ID = "io.kubernetes.cri.sandbox-id";
+const CONTAINER_TYPE = "io.kubernetes.cri.container-type";
+
+interface Proc {
+  io: ProcessIO;
+  relay: Relay | undefined;
+  pid: number;
+  exited: boolean;
+}
+
+interface Sandbox {
+  id: string;
+  runDir: string;
+  sharedDir: string;
+  vm: VmHandle;
+  client: TtrpcClient;
+  agent: AgentApi;
+  net: PodNetwork | undefined;
+  containers: Set<string>;
+  dead: boolean;
+}
+
+interface Container {
+  id: string;
+  sandbox: Sandbox;
+  bundle: string;
+  init: Proc;
+  execs: Map<string, Proc>;
+}
+
+export interface VmBundleState extends BundleState {
+  mode: "vm";
+  sandboxId: string;
+  runDir: string;
+  sharedDir: string;
+  qemuPid: number;
+  netns: string;
+  iface: string;
+  isSandbox: boolean;
+}
+
+/** Short, fixed-length names keep socket paths under the 108-byte limit. */
+const shortId = (id: string) => createHash("sha256").update(id).digest("hex").slice(0, 16);
+
+function tail(file: string, lines = 20): string {
+  try {
+    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no console output)";
+  }
+}
+
+export class VmRuntime implements Runtime {
+  private sandboxes = new Map<string, Sandbox>();
+  private containers = new Map<string, Container>();
+
+  constructor(
+    private readonly ctx: RuntimeContext,
+    private readonly sys: Sys,
+    private readonly hypervisor: Hypervisor,
+    private readonly stateDir: string,
+  ) {}
+
+  private rec(id: string): Container {
+    const c = this.containers.get(id);
+    if (!c) throw notFound(`container ${id}`);
+    return c;
+  }
+
+  private proc(c: Container, execId: string): Proc {
+    if (!execId) return c.init;
+    const p = c.execs.get(execId);
+    if (!p) throw notFound(`process does not exist ${execId}`);
+    return p;
+  }
+
+  private live(c: Container): AgentApi {
+    if (c.sandbox.dead) throw failedPrecondition(`the VM of pod ${c.sandbox.id} is gone`);
+    return c.sandbox.agent;
+  }
+
+  async create(req: CreateRequest): Promise<{ pid: number }> {
+    if (req.checkpoint) throw unimplemented("restoring from a checkpoint is not supported in vm mode");
+    const ann = req.spec.annotations ?? {};
+    const sandboxId = ann[SANDBOX_ID] ?? req.id;
+    const isSandbox = ann[CONTAINER_TYPE] === "sandbox" || sandboxId === req.id;
+    const namespaces = (req.spec.linux?.["namespaces"] ?? []) as Array<{ type: string; path?: string }>;
+    const netNs = namespaces.find((n) => n.type === "network");
+    if (isSandbox && !netNs) {
+      throw invalidArgument("host networking cannot be used in vm mode: the pod's network is carried into its VM (use the cocoon-runc handler for hostNetwork pods)");
+    }
+    let sandbox = this.sandboxes.get(sandboxId);
+    let booted = false;
+    if (!sandbox) {
+      if (!isSandbox) throw failedPrecondition(`pod sandbox ${sandboxId} of container ${req.id} is not running in this shim`);
+      sandbox = await this.bootSandbox(sandboxId, netNs?.path ?? "");
+      booted = true;
+    }
+    const sb = sandbox;
+    const log = this.ctx.log.child({ id: req.id, sandbox: sb.id });
+    let io: ProcessIO | undefined;
+    try {
+      const rootfs = path.resolve(req.bundle, req.spec.root?.path ?? "rootfs");
+      if (req.rootfs.length === 0 && (!existsSync(rootfs) || !statSync(rootfs).isDirectory())) {
+        throw invalidArgument(`bundle ${req.bundle} has no rootfs: no mounts were given and ${rootfs} is missing`);
+      }
+      const guestSpec = shareContainer(this.sys, sb.sharedDir, req.id, req.rootfs, rootfs, req.spec);
+      io = await ProcessIO.open({ ...req.stdio, terminal: false, stderr: req.stdio.terminal ? "" : req.stdio.stderr }, { id: req.id, namespace: req.namespace, sys: this.sys });
+      const { pid } = await sb.agent.createContainer({
+        containerId: req.id,
+        specJson: new TextEncoder().encode(JSON.stringify(guestSpec)),
+        stdio: { stdin: !!req.stdio.stdin, stdout: !!req.stdio.stdout, stderr: !!req.stdio.stderr && !req.stdio.terminal, terminal: req.stdio.terminal },
+      });
+      const init: Proc = { io, relay: undefined, pid, exited: false };
+      init.relay = startRelay(sb.agent, req.id, "", io.takeChildFds(), !!req.stdio.stdin);
+      const c: Container = { id: req.id, sandbox: sb, bundle: req.bundle, init, execs: new Map() };
+      this.containers.set(req.id, c);
+      sb.containers.add(req.id);
+      const state: VmBundleState = {
+        mode: "vm", sandboxId: sb.id, runDir: sb.runDir, sharedDir: sb.sharedDir, qemuPid: sb.vm.pid,
+        netns: sb.net?.netns ?? "", iface: sb.net?.iface.name ?? "", isSandbox,
+      };
+      writeBundleState(req.bundle, state);
+      this.watchExit(c, "", init);
+      log.info("container created in VM", { pid });
+      return { pid };
+    } catch (err) {
+      io?.close();
+      try {
+        unshareContainer(this.sys, sb.sharedDir, req.id);
+      } catch {}
+      if (booted) await this.destroySandbox(sb);
+      throw err;
+    }
+  }
+
+  private watchExit(c: Container, execId: string, p: Proc) {
+    c.sandbox.agent.waitProcess({ containerId: c.id, execId }).then(
+      async (w) => {
+        if (p.exited) return;
+        p.exited = true;
+        // Output first, so that clients see all of it before the exit.
+        await Promise.race([p.relay?.outputDone, new Promise((r) => setTimeout(r, 2000))]);
+        this.ctx.events.exited({ containerId: c.id, execId }, p.pid, { status: w.exitStatus, at: new Date(Number(w.exitedAtMs) || Date.now()) });
+      },
+      () => {
+        // The agent connection dropped: handled by the sandbox's death path.
+      },
+    );
+  }
+
+  private async bootSandbox(id: string, netnsPath: string): Promise<Sandbox> {
+    const vmCfg = this.ctx.config.vm;
+    for (const [what, p] of [["guest kernel", vmCfg.kernel], ["guest initrd", vmCfg.initrd]] as const) {
+      if (!existsSync(p)) throw failedPrecondition(`${what} ${p} is missing (build it with guest/build.sh and set vm.${what === "guest kernel" ? "kernel" : "initrd"} in the Cocoon config)`);
+    }
+    const runDir = path.join(this.stateDir, shortId(id));
+    const sharedDir = path.join(runDir, "shared");
+    rmSync(runDir, { recursive: true, force: true });
+    mkdirSync(sharedDir, { recursive: true, mode: 0o700 });
+    const log = this.ctx.log.child({ sandbox: id });
+    let net: PodNetwork | undefined;
+    let vm: VmHandle | undefined;
+    let client: TtrpcClient | undefined;
+    try {
+      if (netnsPath) {
+        net = await inspectPodNetwork(netnsPath);
+        if (net) await setupTap(net);
+      }
+      const accel = await chooseAccel(vmCfg.accel, this.stateDir, log, vmCfg.qemu, vmCfg.kernel);
+      const t0 = Date.now();
+      vm = await this.hypervisor.start({
+        runDir, kernel: vmCfg.kernel, initrd: vmCfg.initrd, rootfs: vmCfg.rootfs && existsSync(vmCfg.rootfs) ? vmCfg.rootfs : "",
+        sharedDir, vcpus: vmCfg.vcpus, memoryMiB: vmCfg.memoryMiB, accel, kernelParams: vmCfg.kernelParams,
+        netns: net?.netns ?? (netnsPath || undefined), tap: net ? { name: net.tap, mac: net.iface.mac } : undefined,
+      });
+      client = await this.connectAgent(vm, vmCfg.bootTimeoutSec * 1000);
+      const agent = agentApi(client);
+      const health = await agent.health({}, { timeoutMs: Math.max(1000, vmCfg.bootTimeoutSec * 1000 - (Date.now() - t0)) });
+      log.info("VM booted", { ms: Date.now() - t0, accel, kernel: health.kernelRelease, qemuPid: vm.pid });
+      if (net) {
+        await agent.setupNetwork({
+          interfaces: [{ mac: net.iface.mac, name: "eth0", addresses: net.iface.addresses.map((cidr) => ({ cidr })), mtu: net.iface.mtu }],
+          routes: net.routes.map((r) => ({ destination: r.destination, gateway: r.gateway, device: "eth0" })),
+        });
+      }
+      const sb: Sandbox = { id, runDir, sharedDir, vm, client, agent, net, containers: new Set(), dead: false };
+      this.sandboxes.set(id, sb);
+      const onDeath = () => void this.sandboxDied(sb);
+      client.onClose(onDeath);
+      void vm.exited.then(onDeath);
+      this.watchOom(sb);
+      return sb;
+    } catch (err) {
+      const console = vm ? tail(vm.consoleLog) : "";
+      const stderr = tail(path.join(runDir, "qemu.stderr"), 5);
+      client?.close();
+      vm?.kill();
+      if (vm) await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 3000))]);
+      if (net) await teardownTap(net.netns, net.iface.name).catch(() => undefined);
+      rmSync(runDir, { recursive: true, force: true });
+      if (err instanceof ShimError && !vm) throw err;
+      throw internal(`VM for pod ${id} did not come up: ${(err as Error).message}\n--- qemu stderr ---\n${stderr}\n--- end of guest console ---\n${console}`, err);
+    }
+  }
+
+  private async connectAgent(vm: VmHandle, timeoutMs: number): Promise<TtrpcClient> {
+    const deadline = Date.now() + timeoutMs;
+    let exited = false;
+    void vm.exited.then(() => (exited = true));
+    for (;;) {
+      if (exited) throw new Error("QEMU exited during boot");
+      try {
+        return await TtrpcClient.connect(vm.agentSocket, { timeoutMs: 1000 });
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`agent socket ${vm.agentSocket} not reachable: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  }
+
+  private watchOom(sb: Sandbox) {
+    const loop = async () => {
+      while (!sb.dead) {
+        try {
+          const ev = await sb.agent.nextOomEvent({});
+          if (ev.containerId) this.ctx.events.oom(ev.containerId);
+        } catch {
+          return;
+        }
+      }
+    };
+    void loop();
+  }
+
+  /** QEMU died or the agent hung up: every process of the pod is gone. */
+  private async sandboxDied(sb: Sandbox) {
+    if (sb.dead) return;
+    sb.dead = true;
+    this.ctx.log.warn("VM of pod is gone", { sandbox: sb.id, console: tail(sb.vm.consoleLog, 5) });
+    const now = new Date();
+    for (const cid of sb.containers) {
+      const c = this.containers.get(cid);
+      if (!c) continue;
+      for (const [execId, p] of [["", c.init] as const, ...c.execs]) {
+        if (p.exited) continue;
+        p.exited = true;
+        p.relay?.stop();
+        this.ctx.events.exited({ containerId: cid, execId }, p.pid, { status: 128 + 9, at: now });
+      }
+    }
+    await this.destroySandbox(sb);
+  }
+
+  private async destroySandbox(sb: Sandbox) {
+    sb.dead = true;
+    try {
+      await sb.agent.shutdown({}, { timeoutMs: 2000 });
+    } catch {}
+    sb.client.close();
+    await Promise.race([sb.vm.exited, new Promise((r) => setTimeout(r, 3000))]);
+    sb.vm.kill();
+    await sb.vm.exited;
+    for (const cid of sb.containers) {
+      try {
+        unshareContainer(this.sys, sb.sharedDir, cid);
+      } catch {}
+    }
+    if (sb.net) await teardownTap(sb.net.netns, sb.net.iface.name).catch(() => undefined);
+    try {
+      unshareContainer(this.sys, path.dirname(sb.sharedDir), "shared");
+    } catch {}
+    rmSync(sb.runDir, { recursive: true, force: true });
+    this.sandboxes.delete(sb.id);
+  }
+
+  async start(ref: ProcessRef): Promise<{ pid: number }> {
+    const c = this.rec(ref.containerId);
+    const p = this.proc(c, ref.execId);
+    const { pid } = await this.live(c).startProcess({ containerId: c.id, execId: ref.execId });
+    p.pid = pid;
+    return { pid };
+  }
+
+  async exec(req: ExecRequest): Promise<void> {
+    const c = this.rec(req.containerId);
+    const agent = this.live(c);
+    const io = await ProcessIO.open({ ...req.stdio, terminal: false, stderr: req.stdio.terminal ? "" : req.stdio.stderr }, { id: req.execId, namespace: "", sys: this.sys });
+    try {
+      await agent.execProcess({
+        containerId: c.id,
+        execId: req.execId,
+        processJson: new TextEncoder().encode(JSON.stringify({ ...req.process, terminal: req.stdio.terminal })),
+        stdio: { stdin: !!req.stdio.stdin, stdout: !!req.stdio.stdout, stderr: !!req.stdio.stderr && !req.stdio.terminal, terminal: req.stdio.terminal },
+      });
+    } catch (err) {
+      io.close();
+      throw err;
+    }
+    const p: Proc = { io, relay: undefined, pid: 0, exited: false };
+    p.relay = startRelay(agent, c.id, req.execId, io.takeChildFds(), !!req.stdio.stdin);
+    c.execs.set(req.execId, p);
+    this.watchExit(c, req.execId, p);
+  }
+
+  async kill(ref: ProcessRef, signal: number, all: boolean) {
+    const c = this.rec(ref.containerId);
+    if (c.sandbox.dead) throw notFound("process already finished");
+    await c.sandbox.agent.signalProcess({ containerId: c.id, execId: ref.execId, signal, all });
+  }
+
+  async delete(ref: ProcessRef) {
+    const c = this.rec(ref.containerId);
+    const sb = c.sandbox;
+    if (ref.execId) {
+      const p = c.execs.get(ref.execId);
+      if (!sb.dead) await sb.agent.removeProcess({ containerId: c.id, execId: ref.execId }).catch(() => undefined);
+      p?.relay?.stop();
+      p?.io.close();
+      c.execs.delete(ref.execId);
+      return;
+    }
+    if (!sb.dead) await sb.agent.removeContainer({ containerId: c.id }).catch(() => undefined);
+    for (const p of [c.init, ...c.execs.values()]) {
+      p.relay?.stop();
+      p.io.close();
+    }
+    if (!sb.dead) unshareContainer(this.sys, sb.sharedDir, c.id);
+    sb.containers.delete(c.id);
+    this.containers.delete(c.id);
+    // The pod's VM lives as long as its sandbox container (or, without CRI, its only container).
+    if (c.id === sb.id || sb.containers.size === 0) await this.destroySandbox(sb);
+  }
+
+  async pids(containerId: string): Promise<PidInfo[]> {
+    const c = this.rec(containerId);
+    const r = await this.live(c).pids({ containerId });
+    return r.processes.map((p) => ({ pid: p.pid, execId: p.execId }));
+  }
+
+  async pause(containerId: string) {
+    await this.live(this.rec(containerId)).pause({ containerId });
+  }
+
+  async resume(containerId: string) {
+    await this.live(this.rec(containerId)).resume({ containerId });
+  }
+
+  async update(containerId: string, resources: Record<string, unknown>) {
+    await this.live(this.rec(containerId)).updateResources({ containerId, resourcesJson: new TextEncoder().encode(JSON.stringify(resources)) });
+  }
+
+  async stats(containerId: string): Promise<Stats> {
+    const r = await this.live(this.rec(containerId)).stats({ containerId });
+    return { typeUrl: r.typeUrl, value: r.value };
+  }
+
+  async resizePty(ref: ProcessRef, width: number, height: number) {
+    const c = this.rec(ref.containerId);
+    await this.live(c).resizeTty({ containerId: c.id, execId: ref.execId, rows: height, cols: width });
+  }
+
+  async closeStdin(ref: ProcessRef) {
+    const c = this.rec(ref.containerId);
+    this.proc(c, ref.execId).io.closeStdin();
+  }
+
+  async checkpoint(): Promise<void> {
+    throw unimplemented("checkpoint is not supported in vm mode");
+  }
+
+  async shutdown() {
+    for (const sb of [...this.sandboxes.values()]) await this.destroySandbox(sb);
+  }
+}

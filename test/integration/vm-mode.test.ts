@@ -1,0 +1,134 @@
+// vm mode through containerd and ctr: every pod is a QEMU VM (TCG here) with the Debian guest kernel.
+// VM boots are slow under TCG, so the tests share one long-running pod where they can.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { startContainerd, type Containerd } from "../helpers/containerd.js";
+import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
+import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
+import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+
+const OUT = path.join(repoRoot, "guest", "out");
+const manifestPath = path.join(OUT, "manifest.json");
+const built = existsSync(manifestPath) && existsSync(path.join(OUT, "vmlinux"));
+const guestRelease: string = built ? JSON.parse(readFileSync(manifestPath, "utf8")).kernel?.release ?? "" : "";
+let seq = 0;
+const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
+
+function qemuPids(): number[] {
+  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, "utf8").startsWith("qemu-system");
+    } catch {
+      return false;
+    }
+  });
+}
+
+describe("vm mode through containerd and ctr", { skip: !built && "guest/out not built (run guest/build.sh)", timeout: 600_000 }, () => {
+  let host: HostSnapshot;
+  let ctrd: Containerd;
+  let dir: string;
+  let cfg: string;
+  let rt: string[];
+  let eventLog = "";
+  let events: ReturnType<typeof spawn> | undefined;
+  const pod = uid("vmpod");
+
+  before(async () => {
+    host = await snapshotHost();
+    dir = mkdtempSync(path.join(os.tmpdir(), "cocoon-vm-"));
+    cfg = path.join(dir, "vm.toml");
+    writeFileSync(cfg, [
+      'mode = "vm"', 'log_level = "debug"', "[vm]",
+      `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`, `rootfs = "${OUT}/rootfs"`,
+      'accel = "auto"', "memory_mib = 512", "boot_timeout_sec = 120", `state_dir = "${dir}/vm"`, "",
+    ].join("\n"));
+    rt = ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cfg];
+    ctrd = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
+    await importImage(ctrd, BUSYBOX_IMAGE);
+    events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    events.stdout!.on("data", (d) => (eventLog += d));
+    // The shared pod: its first container boots the VM and stays up.
+    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, pod, "sleep", "100000"], { timeoutMs: 180_000 });
+  });
+
+  after(async () => {
+    events?.kill();
+    await ctrd?.stop();
+    await assertNoLeaks(host, { harness: ctrd });
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("runs the container on the guest kernel, not the host's", async () => {
+    const r = await ctrd.ctr(["task", "exec", "--exec-id", "uname", pod, "uname", "-r"], { timeoutMs: 60_000 });
+    assert.equal(r.stdout.trim(), guestRelease);
+    assert.notEqual(r.stdout.trim(), os.release());
+  });
+
+  it("exec: output, stderr, exit codes, stdin", async () => {
+    const r = await ctrd.ctr(["task", "exec", "--exec-id", "e1", pod, "sh", "-c", "echo out; echo err >&2; exit 4"], { allowFail: true, timeoutMs: 60_000 });
+    assert.equal(r.stdout, "out\n");
+    assert.equal(r.stderr, "err\n");
+    assert.equal(r.code, 4);
+  });
+
+  it("exec with a TTY", async () => {
+    const r = await new Promise<string>((resolve) => {
+      const cmd = `stty cols 90 rows 20; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${pod} sh -c 'sleep 2; stty size; [ -t 1 ] && echo tty-yes'`;
+      const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+      let out = "";
+      child.stdout!.on("data", (d) => (out += d));
+      const t = setTimeout(() => child.kill("SIGKILL"), 60_000);
+      child.on("close", () => {
+        clearTimeout(t);
+        resolve(out);
+      });
+    });
+    assert.match(r, /20 90/);
+    assert.match(r, /tty-yes/);
+  });
+
+  it("a second container of the pod runs in the same VM, sees a read-only volume as read-only", async () => {
+    const vol = path.join(dir, "vol");
+    mkdirSync(vol);
+    writeFileSync(path.join(vol, "f"), "from-host\n");
+    const before = qemuPids().length;
+    const id = uid("second");
+    const r = await ctrd.ctr(["run", "--rm", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`,
+      "--mount", `type=bind,src=${vol},dst=/data,options=rbind:ro`, BUSYBOX_IMAGE, id,
+      "sh", "-c", "cat /data/f; uname -r; echo x > /data/g && echo wrote || echo read-only"], { allowFail: true, timeoutMs: 120_000 });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `from-host\n${guestRelease}\nread-only\n`);
+    assert.equal(qemuPids().length, before, "no second QEMU");
+    assert.equal(existsSync(path.join(vol, "g")), false);
+  });
+
+  it("exit codes of a whole-VM container; a missing kernel fails clearly and leaves nothing", async () => {
+    const r = await ctrd.ctr(["run", "--rm", ...rt, BUSYBOX_IMAGE, uid("own"), "sh", "-c", "exit 3"], { allowFail: true, timeoutMs: 180_000 });
+    assert.equal(r.code, 3);
+    const bad = path.join(dir, "bad.toml");
+    writeFileSync(bad, `mode = "vm"\n[vm]\nkernel = "${dir}/nope/vmlinux"\nstate_dir = "${dir}/vm"\n`);
+    const b = await ctrd.ctr(["run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", bad, BUSYBOX_IMAGE, uid("nokernel"), "true"], { allowFail: true, timeoutMs: 60_000 });
+    assert.notEqual(b.code, 0);
+    assert.match(b.stderr, /guest kernel .*nope\/vmlinux is missing/);
+  });
+
+  it("killing QEMU turns into TaskExit for every task of the pod, and nothing is left", async () => {
+    const id = uid("victim");
+    await ctrd.ctr(["run", "-d", ...rt, BUSYBOX_IMAGE, id, "sleep", "1000"], { timeoutMs: 180_000 });
+    const before = new Set(qemuPids());
+    const state = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", id, "cocoon-state.json"), "utf8"));
+    assert.ok(before.has(state.qemuPid));
+    process.kill(state.qemuPid, "SIGKILL");
+    await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/exit") && l.includes(id)), { timeoutMs: 20_000, what: "TaskExit after QEMU death" });
+    await waitFor(async () => /STOPPED/.test((await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 10_000, what: "stopped" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+    await sleep(500);
+    assert.equal(existsSync(state.runDir), false, "VM run dir removed");
+  });
+});
