@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { after, before, describe, it } from "node:test";
+import { after, afterEach, before, describe, it } from "node:test";
 import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
@@ -79,7 +79,13 @@ describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
     await importImage(ctrd, BUSYBOX_IMAGE);
     await importImage(ctrd, APP_IMAGE, { user: "app", env: ["GREETING=hi"], workingDir: "/tmp" });
     events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    events.unref();
     events.stdout!.on("data", (d) => (eventLog += d));
+  });
+
+  // Every test cleans up after itself: nothing of a finished container may linger.
+  afterEach(async () => {
+    await assertNoLeaks(host, { ignore: [/\bctr\b.*events/] });
   });
 
   after(async () => {
@@ -89,10 +95,11 @@ describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
     rmSync(cfgDir, { recursive: true, force: true });
   });
 
-  it("runs a container and prints its output", async () => {
+  it("runs a container and prints its output; the shim logs reach containerd's log", async () => {
     const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("out"), "sh", "-c", "echo hello; echo err >&2; id -u; pwd"]);
     assert.equal(r.stdout, "hello\n0\n/\n");
     assert.equal(r.stderr, "err\n");
+    assert.match(ctrd.log(), /msg="shim serving" runtime=cocoon/);
   });
 
   it("propagates exit codes, including death by signal", async () => {
@@ -263,6 +270,30 @@ describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
       await ctrd.ctr(["container", "rm", id]);
     }
     await waitFor(() => shimPids().filter((p) => fresh.includes(p)).length === 0, { timeoutMs: 10_000, what: "shims to exit" });
+  });
+
+  it("node grouping: one shim serves every container, across namespaces", async () => {
+    const nodeCfg = path.join(cfgDir, "node.toml");
+    writeFileSync(nodeCfg, `mode = "runc"\ngrouping = "node"\n[runc]\nroot = "${cfgDir}/runc"\n`);
+    const rtNode = [...RT, "--runtime-config-path", nodeCfg];
+    const before = new Set(shimPids());
+    const ids = [uid("n"), uid("n")];
+    for (const id of ids) await ctrd.ctr(["run", "-d", ...rtNode, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "other" });
+    const other = uid("n");
+    await ctrd.ctr(["run", "-d", ...rtNode, BUSYBOX_IMAGE, other, "sleep", "1000"], { namespace: "other" });
+    const fresh = shimPids().filter((p) => !before.has(p));
+    assert.equal(fresh.length, 1, `expected one shim for the node, got ${fresh.length}`);
+    const ex = await ctrd.ctr(["task", "exec", "--exec-id", "x", other, "echo", "ns-ok"], { namespace: "other" });
+    assert.equal(ex.stdout, "ns-ok\n");
+    for (const [id, ns] of [[ids[0]!, "default"], [ids[1]!, "default"], [other, "other"]] as const) {
+      await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id], { namespace: ns });
+      await waitFor(async () => /STOPPED/.test((await ctrd.ctr(["task", "ls"], { namespace: ns })).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 10_000, what: "stopped" });
+      await ctrd.ctr(["task", "rm", id], { namespace: ns });
+      await ctrd.ctr(["container", "rm", id], { namespace: ns });
+    }
+    await waitFor(() => shimPids().filter((p) => fresh.includes(p)).length === 0, { timeoutMs: 10_000, what: "node shim to exit" });
+    await waitFor(() => eventLog.split("\n").some((l) => l.includes("other") && l.includes("/tasks/delete")), { timeoutMs: 5000, what: "events in the other namespace" });
   });
 
   it("a SIGKILLed shim is cleaned up by containerd and the id can be reused", async () => {
