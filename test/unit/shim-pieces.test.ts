@@ -40,3 +40,9 @@ test("the OCI runtime's last logged error is what users see", () => {
   assert.equal(lastLoggedError(path.join(d, "none")), "");
   rmSync(d, { recursive: true });
 });
+
+import { podSizing } from "../../src/runtime/vm/runtime.js";
+test("vm sizing: config base plus the pod's limits from CRI annotations", () => {
+  assert.deepEqual(podSizing({}, 1, 256), { vcpus: 1, memoryMiB: 256 });
+  assert.deepEqual(podSizing({ "io.kubernetes.cri.sandbox-memory": String(128 << 20), "io.kubernetes.cri.sandbox-cpu-quota": "150000", "io.kubernetes.cri.sandbox-cpu-period": "100000" }, 1, 256), { vcpus: 3, memoryMiB: 384 });
+});

@@ -58,6 +58,18 @@ export interface VmBundleState extends BundleState {
   isSandbox: boolean;
 }
 
+/**
+ * The VM is sized from the config (the guest's own needs) plus the pod's limits, which the CRI
+ * plugin passes on the sandbox as annotations (sum of the containers' limits).
+ */
+export function podSizing(ann: Record<string, string>, baseVcpus: number, baseMiB: number): { vcpus: number; memoryMiB: number } {
+  const mem = Number(ann["io.kubernetes.cri.sandbox-memory"] ?? 0);
+  const quota = Number(ann["io.kubernetes.cri.sandbox-cpu-quota"] ?? 0);
+  const period = Number(ann["io.kubernetes.cri.sandbox-cpu-period"] ?? 0);
+  const extraCpus = quota > 0 && period > 0 ? Math.ceil(quota / period) : 0;
+  return { vcpus: baseVcpus + extraCpus, memoryMiB: baseMiB + (mem > 0 ? Math.ceil(mem / (1 << 20)) : 0) };
+}
+
 /** Short, fixed-length names keep socket paths under the 108-byte limit. */
 const shortId = (id: string) => createHash("sha256").update(id).digest("hex").slice(0, 16);
 
@@ -112,7 +124,7 @@ export class VmRuntime implements Runtime {
     let booted = false;
     if (!sandbox) {
       if (!isSandbox) throw failedPrecondition(`pod sandbox ${sandboxId} of container ${req.id} is not running in this shim`);
-      sandbox = await this.bootSandbox(sandboxId, netNs?.path ?? "");
+      sandbox = await this.bootSandbox(sandboxId, netNs?.path ?? "", podSizing(ann, this.ctx.config.vm.vcpus, this.ctx.config.vm.memoryMiB));
       booted = true;
     }
     const sb = sandbox;
@@ -168,7 +180,7 @@ export class VmRuntime implements Runtime {
     );
   }
 
-  private async bootSandbox(id: string, netnsPath: string): Promise<Sandbox> {
+  private async bootSandbox(id: string, netnsPath: string, size: { vcpus: number; memoryMiB: number }): Promise<Sandbox> {
     const vmCfg = this.ctx.config.vm;
     for (const [what, p] of [["guest kernel", vmCfg.kernel], ["guest initrd", vmCfg.initrd]] as const) {
       if (!existsSync(p)) throw failedPrecondition(`${what} ${p} is missing (build it with guest/build.sh and set vm.${what === "guest kernel" ? "kernel" : "initrd"} in the Cocoon config)`);
@@ -190,7 +202,7 @@ export class VmRuntime implements Runtime {
       const t0 = Date.now();
       vm = await this.hypervisor.start({
         runDir, kernel: vmCfg.kernel, initrd: vmCfg.initrd, rootfs: vmCfg.rootfs && existsSync(vmCfg.rootfs) ? vmCfg.rootfs : "",
-        sharedDir, vcpus: vmCfg.vcpus, memoryMiB: vmCfg.memoryMiB, accel, kernelParams: vmCfg.kernelParams,
+        sharedDir, vcpus: size.vcpus, memoryMiB: size.memoryMiB, accel, kernelParams: vmCfg.kernelParams,
         netns: net?.netns ?? (netnsPath || undefined), tap: net ? { name: net.tap, mac: net.iface.mac } : undefined,
       });
       client = await this.connectAgent(vm, vmCfg.bootTimeoutSec * 1000);
