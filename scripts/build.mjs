@@ -9,6 +9,7 @@ run("node_modules/.bin/tsc", ["-p", "."]);
 
 const entries = {
   "containerd-shim-cocoon-v2": "src/cli/shim-main.ts",
+  "containerd-shim-cocoon-v2-full": "src/cli/shim-full-main.ts",
   cocoon: "src/cli/main.ts",
   "cocoon-agent": "src/agent/main.ts",
 };

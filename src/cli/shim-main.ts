@@ -1,72 +1,44 @@
-// Entry point of containerd-shim-cocoon-v2: wires the shim SDK to the runtimes (the only place
-// that knows both) and dispatches containerd's `start` / `delete` and our own `daemon` action.
-import { parseShimFlags, FlagError } from "../shim/flags.js";
-import { deleteCommand, startCommand, writeStdout } from "../shim/bootstrap.js";
-import { runDaemon } from "../shim/daemon.js";
-import { RuncRuntime } from "../runtime/runc/runtime.js";
-import { cleanupRuncBundle } from "../runtime/runc/cleanup.js";
-import { VmRuntime } from "../runtime/vm/runtime.js";
-import { cleanupVmBundle } from "../runtime/vm/cleanup.js";
-import { Qemu } from "../runtime/vm/qemu.js";
-import { invalidArgument } from "../shim/errors.js";
+// Entry point of containerd-shim-cocoon-v2. containerd runs `start` for every container and waits for
+// it, so that path loads only what it needs; everything else (delete, the daemon) lives in the full
+// bundle next to this one, which the daemon is started from directly.
+import path from "node:path";
+import { startCommand, writeStdout } from "../shim/bootstrap.js";
+import { parseShimFlags } from "../shim/flags.js";
 import { sys } from "../sys/index.js";
 
-const VERSION = "0.1.0";
+declare const __dirname: string | undefined;
+declare const require: ((id: string) => unknown) | undefined;
 
-async function main(argv: string[]): Promise<number> {
+const FULL_BUNDLE = "containerd-shim-cocoon-v2-full.cjs";
+
+function bundleDir(): string {
+  if (typeof __dirname === "string") return __dirname;
+  return path.dirname(new URL(import.meta.url).pathname);
+}
+
+async function main(argv: string[]) {
   let flags;
   try {
     flags = parseShimFlags(argv);
+  } catch {
+    flags = undefined;
+  }
+  if (!flags || flags.action !== "start" || flags.version) {
+    // The full shim reads the same argv and does the rest (including flag errors).
+    if (typeof require === "function") require(path.join(bundleDir(), FULL_BUNDLE));
+    else await import(path.join(bundleDir(), "shim-full-main.js"));
+    return;
+  }
+  const daemonArgv = [path.join(bundleDir(), FULL_BUNDLE), "-namespace", flags.namespace, "-address", flags.address,
+    "-publish-binary", flags.publishBinary, "-id", flags.id, ...(flags.debug ? ["-debug"] : []), "daemon"];
+  try {
+    const { reply } = await startCommand(sys, flags, daemonArgv);
+    writeStdout(reply);
   } catch (err) {
-    if (err instanceof FlagError) {
-      process.stderr.write(`containerd-shim-cocoon-v2: ${err.message}\n`);
-      return 2;
-    }
-    throw err;
-  }
-  if (flags.version) {
-    writeStdout(`containerd-shim-cocoon-v2 version ${VERSION}\n`);
-    return 0;
-  }
-  switch (flags.action) {
-    case "start": {
-      const daemonArgv = [process.argv[1]!, "-namespace", flags.namespace, "-address", flags.address,
-        "-publish-binary", flags.publishBinary, "-id", flags.id, ...(flags.debug ? ["-debug"] : []), "daemon"];
-      const { reply } = await startCommand(sys, flags, daemonArgv);
-      writeStdout(reply);
-      return 0;
-    }
-    case "delete": {
-      const out = await deleteCommand(flags, {
-        runc: (id, bundle, state) => cleanupRuncBundle(sys, id, bundle, state),
-        vm: (id, bundle, state) => cleanupVmBundle(sys, id, bundle, state),
-      });
-      writeStdout(out);
-      return 0;
-    }
-    case "daemon":
-      await runDaemon(flags, {
-        sys,
-        makeRuntime(mode, ctx, reaper) {
-          if (mode === "runc") return new RuncRuntime(ctx, sys, reaper);
-          if (mode === "vm") return new VmRuntime(ctx, sys, new Qemu(ctx.config.vm.qemu), ctx.config.vm.stateDir);
-          throw invalidArgument(`mode "${mode}" is not available in this build`);
-        },
-      });
-      return -1;
-    default:
-      process.stderr.write(`containerd-shim-cocoon-v2: unknown action "${flags.action}" (want start or delete)\n`);
-      return 2;
+    // containerd shows our combined output as the reason the shim could not start.
+    writeStdout(`containerd-shim-cocoon-v2: ${(err as Error).message}\n`);
+    process.exitCode = 1;
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    if (code >= 0) process.exitCode = code;
-  },
-  (err) => {
-    // For `start`, containerd shows our combined output as the failure reason.
-    process.stdout.write(`containerd-shim-cocoon-v2: ${(err as Error).message}\n`);
-    process.exitCode = 1;
-  },
-);
+void main(process.argv.slice(2));

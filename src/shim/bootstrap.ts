@@ -1,15 +1,10 @@
 // The two commands containerd runs: `start` (find or launch the daemon for this container's group
 // and print its address) and `delete` (clean up after a task whose daemon may be gone).
 import { closeSync, mkdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
-import net from "node:net";
 import type { Sys } from "../sys/types.js";
 import path from "node:path";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
-import { BootstrapParamsSchema, BootstrapResultSchema } from "../gen/containerd/runtime/bootstrap/v1/bootstrap_pb.js";
-import { fromBinary } from "@bufbuild/protobuf";
-import { socketPath, toAddress } from "./address.js";
+import { readBootstrapParams, writeBootstrapResult } from "./options-wire.js";
+import { canConnect, socketPath, toAddress } from "./address.js";
 import { spawnChild } from "../sys/children.js";
 import type { CocoonConfig } from "./config.js";
 import type { ShimFlags } from "./flags.js";
@@ -52,15 +47,14 @@ export function parseStartInput(bytes: Uint8Array, flags: ShimFlags): StartInput
   if (bytes.length > 0) {
     let params;
     try {
-      params = fromBinary(BootstrapParamsSchema, bytes);
+      params = readBootstrapParams(bytes);
     } catch {
       params = undefined;
     }
     if (params && params.instanceId === flags.id && params.namespace === flags.namespace && flags.id) {
       let options: RuntimeOptions = { kind: "none" };
-      for (const ext of params.extensions) {
-        const any = ext.value;
-        if (any && KNOWN_OPTION_TYPES.some((t) => any.typeUrl.endsWith(t))) options = decodeOptions(any.typeUrl, any.value);
+      for (const any of params.extensions) {
+        if (KNOWN_OPTION_TYPES.some((t) => any.typeUrl.endsWith(t))) options = decodeOptions(any.typeUrl, any.value);
       }
       const strip = (a: string) => a.replace(/^unix:\/\//, "");
       return {
@@ -78,7 +72,7 @@ export function parseStartInput(bytes: Uint8Array, flags: ShimFlags): StartInput
 /** The reply `start` prints: a plain address (1.6) or a BootstrapResult message (2.x). */
 export function startReply(input: StartInput, address: string): Uint8Array | string {
   if (input.protocol === "legacy") return address;
-  return toBinary(BootstrapResultSchema, create(BootstrapResultSchema, { version: 2, address, protocol: "ttrpc" }));
+  return writeBootstrapResult(2, address, "ttrpc");
 }
 
 function readStdin(): Buffer {
@@ -98,20 +92,6 @@ function readStdin(): Buffer {
     chunks.push(Buffer.from(buf.subarray(0, n)));
   }
   return Buffer.concat(chunks);
-}
-
-function canConnect(p: string, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(p);
-    const done = (ok: boolean) => {
-      clearTimeout(t);
-      s.destroy();
-      resolve(ok);
-    };
-    const t = setTimeout(() => done(false), timeoutMs);
-    s.once("connect", () => done(true));
-    s.once("error", () => done(false));
-  });
 }
 
 /** A raw listening fd (not a net.Server, whose close would unlink the path), or "in-use". */
@@ -216,62 +196,6 @@ function joinCgroup(cg: string, pid: number) {
       writeFileSync(path.join(base, cg, "cgroup.procs"), String(pid));
     } catch {}
   }
-}
-
-/** What a runtime leaves in the bundle so `delete` can clean up without the daemon. */
-export interface BundleState {
-  mode: string;
-  [k: string]: unknown;
-}
-
-export const STATE_FILE = "cocoon-state.json";
-
-export function writeBundleState(bundle: string, state: BundleState) {
-  const tmp = path.join(bundle, `.${STATE_FILE}`);
-  writeFileSync(tmp, JSON.stringify(state));
-  renameSync(tmp, path.join(bundle, STATE_FILE));
-}
-
-export function readBundleState(bundle: string): BundleState | undefined {
-  try {
-    return JSON.parse(readFileSync(path.join(bundle, STATE_FILE), "utf8"));
-  } catch {
-    return undefined;
-  }
-}
-
-export type Cleanup = (id: string, bundle: string, state: BundleState) => Promise<{ pid: number }>;
-
-/**
- * `delete`: containerd runs this after every task and after a daemon died. It must be idempotent,
- * finish within containerd's 5 s, and print only the raw DeleteResponse on stdout.
- */
-export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, Cleanup>): Promise<Uint8Array> {
-  const bundle = flags.bundle || process.cwd();
-  const state = readBundleState(bundle);
-  let pid = 0;
-  if (state) {
-    const cleanup = cleanups[state.mode];
-    if (cleanup) pid = (await cleanup(flags.id, bundle, state)).pid;
-  }
-  await removeDeadSocket(bundle);
-  const res = create(DeleteResponseSchema, { pid, exitStatus: 128 + 9, exitedAt: timestampFromDate(new Date()) });
-  return toBinary(DeleteResponseSchema, res);
-}
-
-/** A daemon killed with SIGKILL leaves its socket file behind; remove it once nobody listens there. */
-async function removeDeadSocket(bundle: string) {
-  let address = "";
-  try {
-    address = readFileSync(path.join(bundle, "address"), "utf8").trim();
-  } catch {
-    return;
-  }
-  const sock = address.replace(/^unix:\/\//, "");
-  if (!sock.startsWith("/") || (await canConnect(sock, 100))) return;
-  try {
-    unlinkSync(sock);
-  } catch {}
 }
 
 export function writeStdout(bytes: Uint8Array | string) {

@@ -19,7 +19,7 @@ import { TaskManager } from "./tasks.js";
 export interface DaemonDeps {
   sys: Sys;
   /** Builds the runtime for the configured mode. */
-  makeRuntime(mode: string, ctx: RuntimeContext, reaper: Reaper): Runtime;
+  makeRuntime(mode: string, ctx: RuntimeContext, reaper: Reaper): Runtime | Promise<Runtime>;
 }
 
 export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
@@ -45,7 +45,7 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
   const reaper = new Reaper(deps.sys);
   reaper.start();
   let tasks!: TaskManager;
-  const runtime = deps.makeRuntime(cfg.mode, {
+  const runtime = await deps.makeRuntime(cfg.mode, {
     config: cfg,
     log,
     events: { exited: (ref, pid, exit) => tasks.exited(ref, pid, exit), oom: (id) => tasks.oom(id) },

@@ -1,10 +1,7 @@
 // Runtime options arrive as a protobuf Any (on `start` stdin and in Create.options): runc's own
 // options for runtimes configured like runc-v2, or the generic options the CRI plugin sends for
 // other runtime types, whose ConfigPath (or inline body) selects the Cocoon config file.
-import { fromBinary } from "@bufbuild/protobuf";
-import { AnySchema } from "@bufbuild/protobuf/wkt";
-import { OptionsSchema as RuncOptionsSchema } from "../gen/containerd/runc/options/oci_pb.js";
-import { OptionsSchema as GenericOptionsSchema } from "../gen/containerd/runtimeoptions/v1/api_pb.js";
+import { readAny, readGenericOptions, readRuncOptions } from "./options-wire.js";
 import { defaultConfig, loadConfigFile, parseConfig, type CocoonConfig, type RuncConfig } from "./config.js";
 import { invalidArgument } from "./errors.js";
 
@@ -19,7 +16,7 @@ export function decodeOptions(typeUrl: string, value: Uint8Array): RuntimeOption
   const type = bareType(typeUrl);
   try {
     if (type === "containerd.runc.v1.Options") {
-      const o = fromBinary(RuncOptionsSchema, value);
+      const o = readRuncOptions(value);
       const runc: Partial<RuncConfig> = {};
       if (o.binaryName) runc.binary = o.binaryName;
       if (o.root) runc.root = o.root;
@@ -30,7 +27,7 @@ export function decodeOptions(typeUrl: string, value: Uint8Array): RuntimeOption
       return { kind: "runc", runc, shimCgroup: o.shimCgroup, ioUid: o.ioUid, ioGid: o.ioGid };
     }
     if (type === "runtimeoptions.v1.Options") {
-      const o = fromBinary(GenericOptionsSchema, value);
+      const o = readGenericOptions(value);
       return { kind: "generic", configPath: o.configPath, configBody: o.configBody };
     }
   } catch (err) {
@@ -44,7 +41,7 @@ export function decodeOptionsAny(bytes: Uint8Array): RuntimeOptions {
   if (bytes.length === 0) return { kind: "none" };
   let any;
   try {
-    any = fromBinary(AnySchema, bytes);
+    any = readAny(bytes);
   } catch (err) {
     throw invalidArgument(`malformed runtime options: ${(err as Error).message}`);
   }

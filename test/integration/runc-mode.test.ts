@@ -11,17 +11,19 @@ import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks
 import { repoRoot, sleep, waitFor } from "../helpers/util.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
+let currentAddress = "";
 const APP_IMAGE = "cocoon.local/busybox-app:latest";
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 
-function shimPids(): number[] {
+/** Our shim daemons serving this file's containerd (other runs may have shims of their own). */
+function shimPids(address = currentAddress): number[] {
   const out: number[] = [];
   for (const p of readdirSync("/proc")) {
     if (!/^\d+$/.test(p)) continue;
     try {
       const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8");
-      if (cmd.includes("containerd-shim-cocoon-v2") && cmd.includes("daemon")) out.push(Number(p));
+      if (cmd.includes("containerd-shim-cocoon-v2") && cmd.includes("daemon") && cmd.includes(address)) out.push(Number(p));
     } catch {}
   }
   return out;
@@ -76,6 +78,7 @@ describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
     cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
     writeFileSync(path.join(cfgDir, "cocoon.toml"), `mode = "runc"\nlog_level = "debug"\n[runc]\nroot = "${cfgDir}/runc"\n`);
     ctrd = await startContainerd({ env: { COCOON_CONFIG: path.join(cfgDir, "cocoon.toml") }, pathPrepend: [path.join(repoRoot, "bin")] });
+    currentAddress = ctrd.address;
     await importImage(ctrd, BUSYBOX_IMAGE);
     await importImage(ctrd, APP_IMAGE, { user: "app", env: ["GREETING=hi"], workingDir: "/tmp" });
     events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });

@@ -118,3 +118,22 @@ test("the daemon receives the decoded options intact", () => {
   assert.deepEqual(decodeOptionsEnv(encodeOptions(o)), o);
   assert.deepEqual(decodeOptionsEnv(undefined), { kind: "none" });
 });
+
+import { readBootstrapParams, readRuncOptions, readGenericOptions, writeBootstrapResult } from "../../src/shim/options-wire.js";
+test("the start path's wire decoders agree with the generated ones", () => {
+  const runc = create(RuncOptions, { noPivotRoot: true, noNewKeyring: true, shimCgroup: "/s", ioUid: 7, ioGid: 8, binaryName: "crun", root: "/r", criuPath: "/c", systemdCgroup: true, criuImagePath: "/x" });
+  const w = readRuncOptions(toBinary(RuncOptions, runc));
+  assert.deepEqual(w, { noPivotRoot: true, noNewKeyring: true, shimCgroup: "/s", ioUid: 7, ioGid: 8, binaryName: "crun", root: "/r", criuPath: "/c", systemdCgroup: true });
+  const gen = create(GenericOptions, { typeUrl: "t", configPath: "/p", configBody: new Uint8Array([1, 2]) });
+  assert.deepEqual(readGenericOptions(toBinary(GenericOptions, gen)), { typeUrl: "t", configPath: "/p", configBody: new Uint8Array([1, 2]) });
+  const params = create(BootstrapParamsSchema, {
+    instanceId: "i", namespace: "n", logLevel: -4, containerdVersion: "2.3", containerdTtrpcAddress: "t", containerdGrpcAddress: "g", containerdBinary: "b",
+    extensions: [{ value: { typeUrl: "u", value: new Uint8Array([9]) } }], socketDir: "/sd",
+  });
+  assert.deepEqual(readBootstrapParams(toBinary(BootstrapParamsSchema, params)), {
+    instanceId: "i", namespace: "n", logLevel: -4, containerdTtrpcAddress: "t", containerdGrpcAddress: "g", containerdBinary: "b",
+    extensions: [{ typeUrl: "u", value: new Uint8Array([9]) }], socketDir: "/sd",
+  });
+  const res = fromBinary(BootstrapResultSchema, writeBootstrapResult(2, "unix:///a", "ttrpc"));
+  assert.deepEqual([res.version, res.address, res.protocol], [2, "unix:///a", "ttrpc"]);
+});
