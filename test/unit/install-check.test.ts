@@ -35,8 +35,8 @@ function healthyNode(): FakeNode {
     paths: [
       "/dev/kvm",
       "/usr/local/bin/containerd-shim-cocoon-v2",
-      "/usr/local/share/cocoon/vmlinuz",
-      "/usr/local/share/cocoon/initramfs.cpio.gz",
+      "/usr/local/share/cocoon/vmlinux",
+      "/usr/local/share/cocoon/initramfs-9p.cpio.zst",
       "/usr/lib/cni/bridge",
       "/usr/lib/cni/host-local",
       "/usr/lib/cni/loopback",

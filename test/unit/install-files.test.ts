@@ -37,6 +37,8 @@ function fakeSource(root: string) {
   w("package.json", JSON.stringify({ name: "cocoon" }));
   w("dist/containerd-shim-cocoon-v2.cjs", "// shim bundle\n");
   w("dist/containerd-shim-cocoon-v2.cjs.map", "{}");
+  w("dist/containerd-shim-cocoon-v2-full.cjs", "// full shim bundle\n");
+  w("dist/cocoon-agent.cjs", "// agent bundle\n");
   w("dist/cocoon.cjs", "// cli bundle\n");
   w("bin/containerd-shim-cocoon-v2", "#!/bin/sh\necho shim\n", 0o755);
   w("bin/cocoon", "#!/bin/sh\necho cli\n", 0o755);
@@ -114,6 +116,8 @@ test("install puts every piece in place below the host root", async () => {
   for (const p of [
     "opt/cocoon/dist/containerd-shim-cocoon-v2.cjs",
     "opt/cocoon/dist/containerd-shim-cocoon-v2.cjs.map",
+    "opt/cocoon/dist/containerd-shim-cocoon-v2-full.cjs",
+    "opt/cocoon/dist/cocoon-agent.cjs",
     "opt/cocoon/dist/cocoon.cjs",
     "opt/cocoon/bin/containerd-shim-cocoon-v2",
     "opt/cocoon/bin/node",
@@ -143,7 +147,7 @@ test("install puts every piece in place below the host root", async () => {
   assert.equal(vm.mode, "vm");
   // The initrd is named as the guest build's manifest says.
   assert.equal(vm.vm.initrd, "/usr/local/share/cocoon/initramfs.cpio.zst");
-  assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinuz");
+  assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinux");
   assert.equal(parseConfig(readFileSync(at("etc/cocoon/cocoon-runc.toml"), "utf8"), "runc").mode, "runc");
   // containerd config: original kept as a backup with its mode, our block appended.
   const cfg = readFileSync(at("etc/containerd/config.toml"), "utf8");
@@ -214,7 +218,7 @@ test("a moved asset dir is written into the VM config", async () => {
   const layout = makeLayout({ hostRoot: host, assetDir: "/srv/cocoon-assets" });
   await install(options(layout));
   const cfg = parseConfig(readFileSync(join(host, "etc/cocoon/cocoon-vm.toml"), "utf8"), "vm");
-  assert.equal(cfg.vm.kernel, "/srv/cocoon-assets/vmlinuz");
+  assert.equal(cfg.vm.kernel, "/srv/cocoon-assets/vmlinux");
   assert.equal(cfg.vm.initrd, "/srv/cocoon-assets/initramfs.cpio.zst");
   assert.ok(existsSync(join(host, "srv/cocoon-assets/vmlinuz")));
 });

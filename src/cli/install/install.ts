@@ -33,7 +33,7 @@ const CONFIG_FILES = ["cocoon-vm.toml", "cocoon-runc.toml"] as const;
  * manifest, and the rootfs directory that backs the 9p initramfs variant. Build leftovers are not copied.
  */
 export const GUEST_ASSET = /^(vmlinuz|vmlinux|manifest\.json|rootfs|initramfs[-\w]*\.cpio(\.\w+)?)$/;
-const BUNDLES = ["containerd-shim-cocoon-v2.cjs", "cocoon.cjs"];
+const BUNDLES = ["containerd-shim-cocoon-v2.cjs", "containerd-shim-cocoon-v2-full.cjs", "cocoon.cjs", "cocoon-agent.cjs"];
 const LAUNCHERS = ["containerd-shim-cocoon-v2", "cocoon"];
 
 export interface CommonOptions {
@@ -193,8 +193,9 @@ export function shippedConfig(sourceRoot: string, name: string, assetDir: string
 /** The full initramfs file name from guest/out/manifest.json, if there is a guest build. */
 function guestInitrd(sourceRoot: string): string | undefined {
   try {
-    const m = JSON.parse(readFileSync(join(sourceRoot, "guest", "out", "manifest.json"), "utf8")) as { initramfs?: { file?: unknown } };
-    const file = m.initramfs?.file;
+    const m = JSON.parse(readFileSync(join(sourceRoot, "guest", "out", "manifest.json"), "utf8")) as { initramfs?: { file?: unknown }; initramfs9p?: { file?: unknown } };
+    // The small initramfs that mounts the shared rootfs/ boots faster; the all-in-one one is the fallback.
+    const file = m.initramfs9p?.file ?? m.initramfs?.file;
     return typeof file === "string" && GUEST_ASSET.test(file) ? file : undefined;
   } catch {
     return undefined;
