@@ -6,6 +6,10 @@
 #   - the guest mounted the 9p share "cocoon" and read a file the host put there;
 #   - crun ran a container inside the guest (cgroup v2, pivot_root);
 #   - the agent powered the VM off and QEMU exited by itself.
+# It talks to whichever agent the build ships (manifest.json agent.kind): the placeholder's JSON
+# lines, or the real agent's TTRPC API (Health = ready/ping; a busybox container from the share
+# that prints the host's file = 9p + crun + reaper/koffi; Shutdown = power off). The API mode
+# uses the repository's dist/js build (npm run build).
 # Prints the timings (ms since QEMU started). QEMU is always killed on the way out.
 #
 #   guest/boot-check.sh [--machine q35|pc|microvm] [--variant initramfs|9p] [--mem 256M]
@@ -52,14 +56,23 @@ trap cleanup EXIT
 mkdir -p "$SHARE_DIR"
 TOKEN="share-token-$RANDOM$RANDOM"
 echo "$TOKEN" >"$SHARE_DIR/hello.txt"
+AGENT_KIND=$(guest_agent_kind)
+API_ARGS=()
+if [[ $AGENT_KIND == cocoon ]]; then
+  # The real agent runs containers only from what the host shares: a busybox rootfs.
+  mkdir -p "$SHARE_DIR/rootfs/bin" "$SHARE_DIR"/rootfs/{proc,sys,dev,tmp,etc}
+  install -m 0755 /bin/busybox "$SHARE_DIR/rootfs/bin/busybox"
+  for applet in sh cat echo; do ln -s busybox "$SHARE_DIR/rootfs/bin/$applet"; done
+  API_ARGS=(--api --container /mnt/cocoon/rootfs --share-file /mnt/cocoon/hello.txt)
+fi
 
 export MACHINE ACCEL VARIANT MEM KERNEL_IMAGE GUEST_OUT CONSOLE_LOG AGENT_SOCK SHARE_DIR PIDFILE EXTRA_APPEND
 guest_qemu_args
 REPORT=$RUN/report.json
 node "$HERE/lib/boot-run.mjs" --log "$CONSOLE_LOG" --sock "$AGENT_SOCK" --timeout-ms "$((TIMEOUT * 1000))" \
-  -- "${QEMU_ARGS[@]}" >"$REPORT" || true
+  "${API_ARGS[@]}" -- "${QEMU_ARGS[@]}" >"$REPORT" || true
 
-MANIFEST=$GUEST_OUT/manifest.json TOKEN=$TOKEN JSON=$JSON MACHINE=$MACHINE VARIANT=$VARIANT ACCEL=$ACCEL MEM=$MEM KERNEL_IMAGE=$KERNEL_IMAGE \
+MANIFEST=$GUEST_OUT/manifest.json TOKEN=$TOKEN JSON=$JSON AGENT_KIND=$AGENT_KIND MACHINE=$MACHINE VARIANT=$VARIANT ACCEL=$ACCEL MEM=$MEM KERNEL_IMAGE=$KERNEL_IMAGE \
   QEMU_CMD="$(printf '%q ' "${QEMU_ARGS[@]}")" node - "$REPORT" <<'EOF'
 const fs = require('node:fs');
 const e = process.env;
@@ -81,9 +94,9 @@ const checks = [
 const failed = checks.filter(([, ok]) => !ok);
 if (e.JSON === '1') {
   process.stdout.write(JSON.stringify({ machine: e.MACHINE, variant: e.VARIANT, accel: e.ACCEL, mem: e.MEM, kernel: e.KERNEL_IMAGE,
-    ok: failed.length === 0, checks: Object.fromEntries(checks), timings: t, ready, check }, null, 2) + '\n');
+    agent: e.AGENT_KIND, ok: failed.length === 0, checks: Object.fromEntries(checks), timings: t, ready, check }, null, 2) + '\n');
 } else {
-  console.log(`boot-check: machine=${e.MACHINE} variant=${e.VARIANT} kernel=${e.KERNEL_IMAGE} accel=${e.ACCEL} mem=${e.MEM}`);
+  console.log(`boot-check: machine=${e.MACHINE} variant=${e.VARIANT} kernel=${e.KERNEL_IMAGE} accel=${e.ACCEL} mem=${e.MEM} agent=${e.AGENT_KIND}`);
   for (const [name, ok] of checks) console.log(`  ${ok ? 'ok  ' : 'FAIL'} ${name}`);
   const fmt = (k) => (t[k] === undefined ? '-' : `${t[k]} ms`);
   console.log('  timings since QEMU start:');
@@ -94,8 +107,11 @@ if (e.JSON === '1') {
   console.log(`    agent ready (virtio port) ${fmt('agentReady')}   (guest uptime ${ready?.uptime ?? '?'} s)`);
   console.log(`    checks done (crun etc.)   ${fmt('checkDone')}`);
   console.log(`    QEMU exited               ${fmt('qemuExit')}`);
-  if (check) console.log(`  guest: node ${ready?.node}, ${check.crunVersion}, MemFree ${check.memFreeKiB} KiB of ${check.memTotalKiB} KiB, crun run ${check.crun?.ms} ms, koffi ${check.koffi?.present ? check.koffi.version : 'not shipped'}`);
-  if (check) console.log(`  guest cgroup v2 controllers enabled at the root: ${check.cgroupControllers}`);
+  if (check && e.AGENT_KIND === 'cocoon') console.log(`  guest: agent ${ready?.agentVersion}, container run ${check.crun?.ms} ms (create, start, output, wait, remove)`);
+  else if (check) {
+    console.log(`  guest: node ${ready?.node}, ${check.crunVersion}, MemFree ${check.memFreeKiB} KiB of ${check.memTotalKiB} KiB, crun run ${check.crun?.ms} ms, koffi ${check.koffi?.present ? check.koffi.version : 'not shipped'}`);
+    console.log(`  guest cgroup v2 controllers enabled at the root: ${check.cgroupControllers}`);
+  }
   if (failed.length) {
     console.log(`  error: ${report.error ?? 'none'}; qemu exit ${report.qemuExitCode}`);
     if (report.qemuOutput) console.log(`  qemu said: ${report.qemuOutput}`);

@@ -13,18 +13,33 @@
 # linux-image-amd64 to, the host's busybox/crun/node binaries and the libraries they load, the
 # files in guest/, the agent, and the settings below.
 #
+# Two layers, cached apart: the base (kernel, modules, busybox, crun, node, /init) and the agent
+# (agent.cjs + koffi in /usr/lib/cocoon). The all-in-one initramfs is the base archive with the
+# agent archive appended (the kernel unpacks concatenated cpio archives one after the other), so
+# a new agent costs a few seconds (pack ~4 MB, update rootfs/) instead of recompressing 100 MB.
+#
 # Settings (environment):
-#   COCOON_GUEST_AGENT     agent script run by node as PID 1 (default guest/placeholder-agent.cjs)
+#   COCOON_GUEST_AGENT     agent script run by node as PID 1 (default: the real agent,
+#                          dist/cocoon-agent.cjs, once `npm run build` made it; else
+#                          guest/placeholder-agent.cjs)
 #   COCOON_GUEST_KOFFI     a node_modules directory holding koffi (and its prebuilt native part,
-#                          @koromix/koffi-linux-x64) to ship beside the agent (default: none)
+#                          @koromix/koffi-linux-x64) to ship beside the agent (default: the
+#                          repository's node_modules when koffi is installed there; set it empty
+#                          to ship none). The real agent needs koffi.
 #   COCOON_GUEST_COMPRESS  zstd (default; the kernel has CONFIG_RD_ZSTD and unpacks it faster) or gzip
 #   COCOON_GUEST_OUT       output directory (default guest/out)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
 OUT=${COCOON_GUEST_OUT:-$HERE/out}
-AGENT=${COCOON_GUEST_AGENT:-$HERE/placeholder-agent.cjs}
-KOFFI=${COCOON_GUEST_KOFFI:-}
+if [[ -f $REPO/dist/cocoon-agent.cjs ]]; then DEFAULT_AGENT=$REPO/dist/cocoon-agent.cjs; else DEFAULT_AGENT=$HERE/placeholder-agent.cjs; fi
+AGENT=${COCOON_GUEST_AGENT:-$DEFAULT_AGENT}
+if [[ -f $REPO/node_modules/koffi/package.json ]]; then DEFAULT_KOFFI=$REPO/node_modules; else DEFAULT_KOFFI=""; fi
+# Unset means the default; set but empty means "ship no koffi".
+KOFFI=${COCOON_GUEST_KOFFI-$DEFAULT_KOFFI}
+# What boot-check talks to: the placeholder's JSON lines, or the agent API (ttrpc).
+if [[ $(basename "$AGENT") == placeholder-agent.cjs ]]; then AGENT_KIND=placeholder; else AGENT_KIND=cocoon; fi
 COMPRESS=${COCOON_GUEST_COMPRESS:-zstd}
 KERNEL_META=linux-image-amd64
 # Loaded in this order's dependency closure; everything else the guest needs is built in
@@ -72,39 +87,62 @@ host_libs() { # the shared libraries a host binary loads, as ldd names them
 }
 pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 
-fingerprint() {
+base_fingerprint() {
   echo "kernel $KPKG $KPKG_VERSION"
   echo "compress $COMPRESS modules ${MODULES[*]} epoch $EPOCH"
-  sha256sum "$HERE/build.sh" "$HERE/init.sh" "$AGENT"
-  if [[ -n $KOFFI ]]; then
-    (cd "$KOFFI" && find "${KOFFI_PKGS[@]}" -type f 2>/dev/null | LC_ALL=C sort | xargs -d '\n' sha256sum)
-  fi
+  sha256sum "$HERE/build.sh" "$HERE/init.sh"
   # Host binaries and their libraries: size and mtime change with every package upgrade.
   { for bin in "$BUSYBOX" "$CRUN" "$NODE"; do echo "$bin"; host_libs "$bin"; done; } |
     LC_ALL=C sort -u | xargs -d '\n' stat -L -c '%n %s %Y'
   command -v strip >/dev/null && echo "strip yes" || echo "strip no"
 }
+agent_fingerprint() {
+  echo "agent-kind $AGENT_KIND koffi ${KOFFI:-none}"
+  sha256sum "$AGENT"
+  if [[ -n $KOFFI ]]; then
+    (cd "$KOFFI" && find "${KOFFI_PKGS[@]}" -type f 2>/dev/null | LC_ALL=C sort | xargs -d '\n' sha256sum)
+  fi
+}
 # One build at a time per output directory; a second caller waits, then finds it up to date.
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9
-INPUTS=$(fingerprint)
-STAMP=$OUT/.inputs
-outputs_present() {
-  for f in vmlinuz vmlinux "$INITRD" "$INITRD_9P" rootfs/init modules-list.txt kernel-config manifest.json; do
+BASE_INPUTS=$(base_fingerprint)
+AGENT_INPUTS=$(agent_fingerprint)
+BASE_STAMP=$OUT/.inputs-base
+AGENT_STAMP=$OUT/.inputs-agent
+# The base layer's own outputs: the initramfs without the agent, and facts for the manifest.
+BASE_INITRD=$OUT/.base-$INITRD
+BASE_ENV=$OUT/.base.env
+stamp_is() { [[ -f $1 ]] && [[ "$(cat "$1")" == "$2" ]]; }
+base_present() {
+  for f in vmlinuz vmlinux "$INITRD_9P" rootfs/init modules-list.txt kernel-config; do
     [[ -e $OUT/$f ]] || return 1
   done
+  [[ -f $BASE_INITRD && -f $BASE_ENV ]]
 }
-if [[ -f $STAMP ]] && [[ "$(cat "$STAMP")" == "$INPUTS" ]] && outputs_present; then
-  log "up to date ($OUT)"
-  exit 0
+REBUILD_BASE=1
+if stamp_is "$BASE_STAMP" "$BASE_INPUTS" && base_present; then
+  REBUILD_BASE=0
+  if stamp_is "$AGENT_STAMP" "$AGENT_INPUTS" && [[ -e $OUT/$INITRD && -e $OUT/manifest.json ]]; then
+    log "up to date ($OUT)"
+    exit 0
+  fi
 fi
-
-# --- kernel ------------------------------------------------------------------------------
 
 mkdir -p "$OUT/cache"
 WORK=$(mktemp -d "$OUT/.build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+pack() { # pack DIR into a compressed newc cpio at FILE
+  find "$1" -exec touch -h -d "@$EPOCH" {} +
+  (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
+    nice -n 10 bash -c "$(declare -f compress); compress" >"$2"
+}
+
+if [[ $REBUILD_BASE == 1 ]]; then
+# --- kernel ------------------------------------------------------------------------------
 
 DEB=$OUT/cache/${KPKG}_${KPKG_VERSION//:/%3a}_amd64.deb
 if [[ ! -f $DEB ]]; then
@@ -187,16 +225,6 @@ for applet in $("$BUSYBOX" --list-full); do
 done
 
 install -m 0755 "$HERE/init.sh" "$STAGE/init"
-install -m 0644 "$AGENT" "$STAGE/usr/lib/cocoon/agent.cjs"
-if [[ -n $KOFFI ]]; then
-  for pkg in "${KOFFI_PKGS[@]}"; do
-    [[ -d $KOFFI/$pkg ]] || { log "warning: $KOFFI/$pkg missing"; continue; }
-    mkdir -p "$STAGE/usr/lib/cocoon/node_modules/$pkg"
-    cp -a "$KOFFI/$pkg/." "$STAGE/usr/lib/cocoon/node_modules/$pkg/"
-  done
-  # The musl build is dead weight on this glibc guest.
-  rm -rf "$STAGE/usr/lib/cocoon/node_modules/@koromix/koffi-linux-x64/musl_x64"
-fi
 
 cat >"$STAGE/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
@@ -243,13 +271,7 @@ extract_vmlinux() { # the ELF kernel inside a bzImage (CONFIG_KERNEL_XZ here), c
   die "no xz-compressed ELF found in $1"
 }
 
-# --- outputs -----------------------------------------------------------------------------
-
-pack() { # pack DIR into a compressed newc cpio at FILE
-  find "$1" -exec touch -h -d "@$EPOCH" {} +
-  (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) |
-    nice -n 10 bash -c "$(declare -f compress); compress" >"$2"
-}
+# --- base outputs ------------------------------------------------------------------------
 
 NEW=$WORK/out
 mkdir -p "$NEW"
@@ -257,8 +279,8 @@ cp "$KROOT/boot/vmlinuz-$KVER" "$NEW/vmlinuz"
 extract_vmlinux "$NEW/vmlinuz" "$NEW/vmlinux"
 cp "$KROOT/boot/config-$KVER" "$NEW/kernel-config"
 printf '%s\n' "${LOAD_ORDER[@]}" | sed 's/\.ko.*$/.ko/' >"$NEW/modules-list.txt"
-log "packing $INITRD"
-pack "$STAGE" "$NEW/$INITRD"
+log "packing the base of $INITRD"
+pack "$STAGE" "$NEW/.base-$INITRD"
 
 # 9p-root variant: the same tree serves as the shared root; its initramfs only needs what
 # stage 1 of /init uses (busybox, modules, /init itself).
@@ -273,17 +295,66 @@ for applet in $(cd "$STAGE" && find usr/bin usr/sbin -type l); do cp -a "$STAGE/
 log "packing $INITRD_9P"
 pack "$SMALL" "$NEW/$INITRD_9P"
 
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { stat -c %s "$1"; }
+# What the manifest says about the base, kept for agent-only rebuilds.
+env_line() { printf '%s=%q\n' "$1" "$2"; }
+{
+  env_line KVER "$KVER"
+  env_line KPKG "$KPKG"
+  env_line KPKG_VERSION "$KPKG_VERSION"
+  env_line KPKG_SHA256 "$KPKG_SHA256"
+  env_line BUSYBOX_VERSION "$(pkg_version busybox-static)"
+  env_line CRUN_VERSION "$(pkg_version crun)"
+  env_line NODE_PKG_VERSION "$(pkg_version nodejs)"
+  env_line NODE_VERSION "$("$NODE" --version)"
+  env_line VMLINUZ_SHA "$(sha "$NEW/vmlinuz")"
+  env_line VMLINUZ_SIZE "$(size "$NEW/vmlinuz")"
+  env_line VMLINUX_SHA "$(sha "$NEW/vmlinux")"
+  env_line VMLINUX_SIZE "$(size "$NEW/vmlinux")"
+  env_line INITRD_9P_SHA "$(sha "$NEW/$INITRD_9P")"
+  env_line INITRD_9P_SIZE "$(size "$NEW/$INITRD_9P")"
+  env_line BASE_TREE_SIZE "$(du -sb "$STAGE" | cut -f1)"
+} >"$NEW/.base.env"
+
+# Swap the new base in; rootfs/ is a directory, so replace it whole. The agent layer follows.
+rm -rf "$OUT/rootfs" "$OUT"/initramfs*.cpio.* "$OUT"/.base-initramfs* "$OUT/.base.env" "$AGENT_STAMP"
+mv "$NEW"/* "$NEW"/.base* "$OUT/"
+echo "$BASE_INPUTS" >"$BASE_STAMP"
+rm -f "$OUT/.inputs" # the single stamp of earlier versions of this script
+fi # REBUILD_BASE
+
+# --- agent layer -------------------------------------------------------------------------
+
+# shellcheck disable=SC1090
+source "$BASE_ENV"
+ASTAGE=$WORK/agent
+mkdir -p "$ASTAGE/usr/lib/cocoon"
+install -m 0644 "$AGENT" "$ASTAGE/usr/lib/cocoon/agent.cjs"
+if [[ -n $KOFFI ]]; then
+  for pkg in "${KOFFI_PKGS[@]}"; do
+    [[ -d $KOFFI/$pkg ]] || { log "warning: $KOFFI/$pkg missing"; continue; }
+    mkdir -p "$ASTAGE/usr/lib/cocoon/node_modules/$pkg"
+    cp -a "$KOFFI/$pkg/." "$ASTAGE/usr/lib/cocoon/node_modules/$pkg/"
+  done
+  # The musl build is dead weight on this glibc guest.
+  rm -rf "$ASTAGE/usr/lib/cocoon/node_modules/@koromix/koffi-linux-x64/musl_x64"
+fi
+log "packing the agent layer ($AGENT_KIND: $AGENT)"
+pack "$ASTAGE" "$WORK/agent.cpio"
+cat "$BASE_INITRD" "$WORK/agent.cpio" >"$WORK/$INITRD"
+mv -f "$WORK/$INITRD" "$OUT/$INITRD"
+rm -rf "$OUT/rootfs/usr/lib/cocoon"
+cp -a "$ASTAGE/usr/lib/cocoon" "$OUT/rootfs/usr/lib/cocoon"
+
 KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
-  BUSYBOX_VERSION=$(pkg_version busybox-static) CRUN_VERSION=$(pkg_version crun) \
-  NODE_PKG_VERSION=$(pkg_version nodejs) NODE_VERSION=$("$NODE" --version) \
-  VMLINUZ_SHA=$(sha "$NEW/vmlinuz") VMLINUZ_SIZE=$(size "$NEW/vmlinuz") \
-  VMLINUX_SHA=$(sha "$NEW/vmlinux") VMLINUX_SIZE=$(size "$NEW/vmlinux") \
-  INITRD=$INITRD INITRD_SHA=$(sha "$NEW/$INITRD") INITRD_SIZE=$(size "$NEW/$INITRD") \
-  INITRD_9P=$INITRD_9P INITRD_9P_SHA=$(sha "$NEW/$INITRD_9P") INITRD_9P_SIZE=$(size "$NEW/$INITRD_9P") \
-  TREE_SIZE=$(du -sb "$STAGE" | cut -f1) AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT KOFFI=$KOFFI \
-  COMPRESS=$COMPRESS MODULES_FILE="$NEW/modules-list.txt" \
+  BUSYBOX_VERSION=$BUSYBOX_VERSION CRUN_VERSION=$CRUN_VERSION \
+  NODE_PKG_VERSION=$NODE_PKG_VERSION NODE_VERSION=$NODE_VERSION \
+  VMLINUZ_SHA=$VMLINUZ_SHA VMLINUZ_SIZE=$VMLINUZ_SIZE \
+  VMLINUX_SHA=$VMLINUX_SHA VMLINUX_SIZE=$VMLINUX_SIZE \
+  INITRD=$INITRD INITRD_SHA=$(sha "$OUT/$INITRD") INITRD_SIZE=$(size "$OUT/$INITRD") \
+  INITRD_9P=$INITRD_9P INITRD_9P_SHA=$INITRD_9P_SHA INITRD_9P_SIZE=$INITRD_9P_SIZE \
+  TREE_SIZE=$((BASE_TREE_SIZE + $(du -sb "$ASTAGE" | cut -f1))) \
+  AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT AGENT_KIND=$AGENT_KIND KOFFI=$KOFFI \
+  COMPRESS=$COMPRESS MODULES_FILE="$OUT/modules-list.txt" \
   "$NODE" -e '
     const fs = require("node:fs");
     const e = process.env;
@@ -296,14 +367,11 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
       initramfs9p: { file: e.INITRD_9P, sha256: e.INITRD_9P_SHA, bytes: Number(e.INITRD_9P_SIZE), rootfsDir: "rootfs" },
       packages: { "busybox-static": e.BUSYBOX_VERSION, crun: e.CRUN_VERSION, nodejs: e.NODE_PKG_VERSION },
       node: e.NODE_VERSION,
-      agent: { source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: "/usr/lib/cocoon/agent.cjs", koffi: e.KOFFI || null },
+      agent: { kind: e.AGENT_KIND, source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: "/usr/lib/cocoon/agent.cjs", koffi: e.KOFFI || null },
       modules: fs.readFileSync(e.MODULES_FILE, "utf8").trim().split("\n"),
     };
     process.stdout.write(JSON.stringify(manifest, null, 2) + "\n");
-  ' >"$NEW/manifest.json"
-
-# Swap the new outputs in; rootfs/ is a directory, so replace it whole.
-rm -rf "$OUT/rootfs" "$OUT"/initramfs*.cpio.*
-mv "$NEW"/* "$OUT/"
-echo "$INPUTS" >"$STAMP"
+  ' >"$WORK/manifest.json"
+mv -f "$WORK/manifest.json" "$OUT/manifest.json"
+echo "$AGENT_INPUTS" >"$AGENT_STAMP"
 log "built $OUT: vmlinuz $(size "$OUT/vmlinuz") B, $INITRD $(size "$OUT/$INITRD") B, $INITRD_9P $(size "$OUT/$INITRD_9P") B ($KPKG $KPKG_VERSION)"

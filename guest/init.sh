@@ -121,6 +121,9 @@ stage2() {
   hostname cocoon
   ip link set lo up
   say "exec agent"
+  # The agent keeps one threadpool thread in a blocking read of its port for good.
+  UV_THREADPOOL_SIZE=8
+  export UV_THREADPOOL_SIZE
   exec node "$AGENT"
 }
 

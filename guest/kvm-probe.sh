@@ -62,11 +62,13 @@ export MACHINE ACCEL VARIANT MEM GUEST_OUT CONSOLE_LOG AGENT_SOCK SHARE_DIR PIDF
 # cannot be set, e.g. IA32_ARCH_CAPABILITIES under nested virtualisation); then one retry
 # without that MSR tells "QEMU refuses" apart from "the guest hangs".
 reasons=()
+API=()
+[[ $(guest_agent_kind) == cocoon ]] && API=(--api)
 for KVM_CPU in host host,-arch-capabilities; do
   guest_qemu_args
   # The outer timeout is a second fence in case node itself gets stuck.
   timeout -s KILL $((TIMEOUT + 10)) node "$HERE/lib/boot-run.mjs" --log "$CONSOLE_LOG" --sock "$AGENT_SOCK" \
-    --timeout-ms "$((TIMEOUT * 1000))" -- "${QEMU_ARGS[@]}" >"$RUN/report.json" 2>/dev/null
+    --timeout-ms "$((TIMEOUT * 1000))" "${API[@]}" -- "${QEMU_ARGS[@]}" >"$RUN/report.json" 2>/dev/null
   verdict=$(node -e '
     let r = {};
     try { r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8")); } catch {}

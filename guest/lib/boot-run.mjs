@@ -1,9 +1,16 @@
 // Host side of one bounded guest boot, shared by boot-check.sh and kvm-probe.sh.
 // Starts QEMU (argv after "--"), timestamps what the guest shows on its serial log and on
-// the agent's virtio-serial socket, talks to the placeholder agent (ping, then poweroff),
-// and always leaves with QEMU gone. Prints one JSON report on stdout.
+// the agent's virtio-serial socket, talks to the agent, and always leaves with QEMU gone.
+// Prints one JSON report on stdout.
 //
-//   node boot-run.mjs --log FILE --sock FILE --timeout-ms N [--no-poweroff] -- qemu-system-x86_64 ARGS...
+//   node boot-run.mjs --log FILE --sock FILE --timeout-ms N [--no-poweroff]
+//                     [--api [--container GUEST_ROOTFS --share-file GUEST_PATH]] -- qemu-system-x86_64 ARGS...
+//
+// Without --api it speaks the placeholder agent's JSON lines (ping, then poweroff). With --api it
+// speaks the real agent's TTRPC API (through the repository's dist/js build): Health twice (ready,
+// then "pong"), optionally a busybox container from GUEST_ROOTFS that prints the shared file
+// GUEST_PATH, then Shutdown. Either way the report holds the same message types
+// (ready, pong, check, bye), so the callers judge both alike.
 //
 // Timings are milliseconds since QEMU was spawned:
 //   firstConsoleByte  first byte on the serial console (kernel or /init, depending on "quiet")
@@ -20,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 function parseArgs(argv) {
   const sep = argv.indexOf('--');
   if (sep < 0 || sep === argv.length - 1) throw new Error('usage: boot-run.mjs --log F --sock F --timeout-ms N -- qemu ARGS');
-  const opts = { log: '', sock: '', timeoutMs: 60_000, poweroff: true, qemu: argv.slice(sep + 1) };
+  const opts = { log: '', sock: '', timeoutMs: 60_000, poweroff: true, api: false, container: '', shareFile: '', qemu: argv.slice(sep + 1) };
   const own = argv.slice(0, sep);
   for (let i = 0; i < own.length; i++) {
     const key = own[i];
@@ -28,6 +35,9 @@ function parseArgs(argv) {
     else if (key === '--sock') opts.sock = own[++i];
     else if (key === '--timeout-ms') opts.timeoutMs = Number(own[++i]);
     else if (key === '--no-poweroff') opts.poweroff = false;
+    else if (key === '--api') opts.api = true;
+    else if (key === '--container') opts.container = own[++i];
+    else if (key === '--share-file') opts.shareFile = own[++i];
     else throw new Error(`unknown option ${key}`);
   }
   if (!opts.log || !opts.sock) throw new Error('--log and --sock are required');
@@ -110,7 +120,7 @@ async function main() {
 
   // Connect as soon as QEMU has made the socket. Until the host side is connected, guest
   // writes to the port block, so connecting late loses nothing.
-  const talk = (async () => {
+  const talk = opts.api ? talkApi(opts, report, mark, since, exited, () => qemuGone) : (async () => {
     let sock;
     while (!qemuGone && !sock) {
       try {
@@ -165,6 +175,99 @@ async function main() {
   process.stdout.write(JSON.stringify(report, null, 2) + '\n');
   // Do not let a QEMU that ignored SIGKILL keep this process alive through its pipes.
   process.exit(0);
+}
+
+// The real agent: its TTRPC API, through the client the repository builds into dist/js.
+async function talkApi(opts, report, mark, since, exited, gone) {
+  const dist = new URL('../../dist/js/src/', import.meta.url);
+  let ttrpc, agentPb;
+  try {
+    ttrpc = await import(new URL('ttrpc/index.js', dist));
+    agentPb = await import(new URL('gen/cocoon/agent/v1/agent_pb.js', dist));
+  } catch (err) {
+    report.error ??= `cannot load the TTRPC client from dist/js (run npm run build): ${err.message}`;
+    return;
+  }
+  let client;
+  while (!gone() && !client) {
+    try {
+      client = await ttrpc.TtrpcClient.connect(opts.sock, { timeoutMs: 2000 });
+    } catch {
+      await sleep(5);
+    }
+  }
+  if (!client) return;
+  mark('socketConnected');
+  const agent = client.makeClient(agentPb.Agent, 'cocoon.agent.v1.Agent');
+  const msg = (m) => report.messages.push({ ...m, hostMs: since() });
+  const call = { timeoutMs: opts.timeoutMs };
+  try {
+    const h = await agent.health({}, call);
+    mark('agentReady');
+    const ready = `cocoon-agent ready ${h.kernelRelease}`;
+    msg({ type: 'ready', msg: ready, kernel: h.kernelRelease, agentVersion: h.agentVersion, uptime: Number(h.uptimeMs) / 1000 });
+    await agent.health({}, call);
+    mark('pong');
+    msg({ type: 'pong' });
+    const check = { type: 'check', share: { ok: false }, crun: { ok: false }, koffi: { present: true, ok: false } };
+    if (opts.container) {
+      const started = performance.now();
+      try {
+        const spec = await containerSpec(opts.container, opts.shareFile);
+        const cid = 'boot-check';
+        await agent.createContainer({ containerId: cid, specJson: Buffer.from(JSON.stringify(spec)), stdio: { stdout: true, stderr: true } }, call);
+        const read = async (stream) => {
+          let text = '';
+          for (;;) {
+            const r = await agent.readOutput({ containerId: cid, stream }, call);
+            text += Buffer.from(r.data).toString();
+            if (r.eof) return text;
+          }
+        };
+        const out = read(agentPb.Stream.STDOUT);
+        const errText = read(agentPb.Stream.STDERR);
+        await agent.startProcess({ containerId: cid }, call);
+        const [stdout, stderr] = await Promise.all([out, errText]);
+        const exit = await agent.waitProcess({ containerId: cid }, call);
+        await agent.removeContainer({ containerId: cid }, call);
+        const [content = '', cgroup = ''] = stdout.split('---\n');
+        check.share = { ok: content.length > 0, content };
+        check.crun = { ok: exit.exitStatus === 0 && cgroup.includes('/cocoon/'), status: exit.exitStatus, stdout, stderr, ms: Math.round(performance.now() - started) };
+        // The exit status reached us through the agent's reaper, which runs on koffi.
+        check.koffi = { present: true, ok: exit.exitStatus === 0, version: 'used by the agent' };
+      } catch (err) {
+        check.crun = { ok: false, error: String(err.message ?? err) };
+      }
+    }
+    mark('checkDone');
+    msg(check);
+    if (opts.poweroff) {
+      await agent.shutdown({}, call);
+      msg({ type: 'bye' });
+    }
+  } catch (err) {
+    report.error ??= `agent API: ${err.message ?? err}`;
+  }
+  await exited;
+  client.close();
+}
+
+/** crun's default spec, running a shell in the shared busybox rootfs that prints the shared file and its cgroup. */
+async function containerSpec(rootfs, shareFile) {
+  const { execFileSync } = await import('node:child_process');
+  const dir = fs.mkdtempSync('/tmp/cocoon-boot-spec-');
+  try {
+    execFileSync('crun', ['spec'], { cwd: dir });
+    const spec = JSON.parse(fs.readFileSync(`${dir}/config.json`, 'utf8'));
+    spec.root = { path: rootfs, readonly: true };
+    spec.process.terminal = false;
+    spec.process.env = ['PATH=/bin'];
+    spec.process.args = ['sh', '-c', 'cat /shared.txt; echo ---; cat /proc/self/cgroup'];
+    spec.mounts.push({ destination: '/shared.txt', type: 'bind', source: shareFile, options: ['rbind', 'ro'] });
+    return spec;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 // Whatever happens, QEMU must not outlive this process.

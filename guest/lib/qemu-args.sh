@@ -69,3 +69,11 @@ host_tsc_khz() { # the host's TSC rate in kHz, as its kernel reports it
   [[ -n $mhz ]] || mhz=$(awk -F': ' '/^cpu MHz/ {print $2; exit}' /proc/cpuinfo)
   awk -v m="$mhz" 'BEGIN {printf "%d", m * 1000}'
 }
+
+guest_agent_kind() { # placeholder | cocoon: which agent the build in $GUEST_OUT ships
+  node -e '
+    let kind = "placeholder";
+    try { kind = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8")).agent?.kind ?? kind; } catch {}
+    console.log(kind);
+  ' "$GUEST_OUT/manifest.json"
+}

@@ -2,7 +2,7 @@
 // OCI runtime and unmount its rootfs. Idempotent: a container that no longer exists is fine.
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import type { BundleState } from "../../shim/bootstrap.js";
+import type { BundleState } from "../../shim/delete.js";
 import { runChild } from "../../sys/children.js";
 import { unmountAll } from "../../shim/mount.js";
 import type { Sys } from "../../sys/types.js";

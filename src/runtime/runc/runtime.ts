@@ -15,7 +15,7 @@ import { ProcessIO } from "../../shim/stdio.js";
 import type { FdReceiver, Sys } from "../../sys/types.js";
 import { CgroupPaths, cgroupRelPath } from "./cgroups.js";
 import type { RuncBundleState } from "./cleanup.js";
-import { STATE_FILE, writeBundleState } from "../../shim/bootstrap.js";
+import { STATE_FILE, writeBundleState } from "../../shim/delete.js";
 import { OciCli, resolveBinary } from "./cli.js";
 
 interface ExecProc {

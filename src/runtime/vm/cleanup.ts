@@ -2,7 +2,7 @@
 // this container owned the VM), remove its tap device and unmount what was shared with the guest.
 import { readFileSync, rmSync } from "node:fs";
 import path from "node:path";
-import type { BundleState } from "../../shim/bootstrap.js";
+import type { BundleState } from "../../shim/delete.js";
 import { unmountAll } from "../../shim/mount.js";
 import type { Sys } from "../../sys/types.js";
 import { teardownTap } from "./network.js";

@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
 import { failedPrecondition, internal, invalidArgument, notFound, ShimError, unimplemented } from "../../shim/errors.js";
-import { writeBundleState, type BundleState } from "../../shim/bootstrap.js";
+import { writeBundleState, type BundleState } from "../../shim/delete.js";
 import type { CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats } from "../../shim/runtime.js";
 import { ProcessIO } from "../../shim/stdio.js";
 import { TtrpcClient } from "../../ttrpc/index.js";
@@ -286,7 +286,7 @@ export class VmRuntime implements Runtime {
   private async destroySandbox(sb: Sandbox) {
     sb.dead = true;
     try {
-      await sb.agent.shutdown({}, { timeoutMs: 2000 });
+      await sb.agent.shutdown({}, { timeoutMs: 10_000 });
     } catch {}
     sb.client.close();
     await Promise.race([sb.vm.exited, new Promise((r) => setTimeout(r, 3000))]);

@@ -1,0 +1,196 @@
+// The stdio of one container process inside the guest. Without a terminal the process gets real
+// pipes (crun passes its own stdio down to the container), which the agent reads into output
+// buffers and writes stdin into. With a terminal, crun hands over a pty master through the console
+// socket; the master carries both directions and there is no separate stderr.
+import { closeSync, openSync } from "node:fs";
+import net from "node:net";
+import tty from "node:tty";
+import type { Sys } from "../sys/types.js";
+import { failedPrecondition } from "./errors.js";
+import { OutputBuffer } from "./output.js";
+
+export interface StdioFlags {
+  stdin: boolean;
+  stdout: boolean;
+  stderr: boolean;
+  terminal: boolean;
+}
+
+export type StreamName = "stdout" | "stderr";
+
+const EOT = Buffer.from([4]);
+
+function safeClose(fd: number) {
+  try {
+    closeSync(fd);
+  } catch {}
+}
+
+export class ProcessStdio {
+  readonly stdout = new OutputBuffer();
+  readonly stderr = new OutputBuffer();
+  /** fds the OCI runtime gets as 0, 1, 2 when it starts the process; ours are closed right after. */
+  private child: [number, number, number] = [-1, -1, -1];
+  private stdinPipe: net.Socket | undefined;
+  private stdinClosed = false;
+  private master: tty.ReadStream | undefined;
+  private masterFd = -1;
+  private ptyPeer = -1;
+  /** Terminal input and size that arrived before the pty did. */
+  private earlyInput: Buffer[] = [];
+  private earlySize: { rows: number; cols: number } | undefined;
+  private readonly streams: net.Socket[] = [];
+
+  private constructor(
+    readonly flags: StdioFlags,
+    private readonly sys: Sys,
+  ) {}
+
+  static open(flags: StdioFlags, sys: Sys): ProcessStdio {
+    const io = new ProcessStdio(flags, sys);
+    try {
+      io.setup();
+    } catch (err) {
+      io.close();
+      throw err;
+    }
+    return io;
+  }
+
+  private setup() {
+    if (this.flags.terminal) {
+      // crun's own stdio does not reach the container; the pty does.
+      this.child = [openSync("/dev/null", "r"), openSync("/dev/null", "w"), openSync("/dev/null", "w")];
+      this.stderr.end();
+      if (!this.flags.stdout) this.stdout.end();
+      return;
+    }
+    let stdin: number;
+    if (this.flags.stdin) {
+      const [r, w] = this.sys.pipe();
+      stdin = r;
+      this.stdinPipe = new net.Socket({ fd: w, readable: false, writable: true });
+      this.stdinPipe.on("error", () => {});
+      this.streams.push(this.stdinPipe);
+    } else {
+      stdin = openSync("/dev/null", "r");
+    }
+    this.child[0] = stdin;
+    this.child[1] = this.outputPipe(this.flags.stdout, this.stdout);
+    this.child[2] = this.outputPipe(this.flags.stderr, this.stderr);
+  }
+
+  private outputPipe(wanted: boolean, buf: OutputBuffer): number {
+    if (!wanted) {
+      buf.end();
+      return openSync("/dev/null", "w");
+    }
+    const [r, w] = this.sys.pipe();
+    const s = new net.Socket({ fd: r, readable: true, writable: false });
+    this.streams.push(s);
+    buf.attach(s);
+    return w;
+  }
+
+  childFds(): [number, number, number] {
+    return this.child;
+  }
+
+  /** The runtime has its copies (or failed): drop ours, so EOF comes when the process closes its own. */
+  releaseChildFds() {
+    for (const fd of this.child) if (fd >= 0) safeClose(fd);
+    this.child = [-1, -1, -1];
+  }
+
+  /** Terminal mode: the pty master crun sent through the console socket. Takes ownership of the fd. */
+  attachConsole(masterFd: number) {
+    this.masterFd = masterFd;
+    // Reads on the master fail with EIO until the process has opened the slave; holding a slave fd
+    // ourselves until the process exits keeps early reads from ending the stream.
+    try {
+      this.ptyPeer = this.sys.openPtyPeer(masterFd);
+    } catch {}
+    if (this.earlySize) this.resize(this.earlySize.rows, this.earlySize.cols);
+    const master = new tty.ReadStream(masterFd);
+    this.master = master;
+    this.streams.push(master);
+    master.once("close", () => (this.masterFd = -1));
+    master.on("error", () => {});
+    if (this.flags.stdout) this.stdout.attach(master);
+    else master.resume();
+    for (const d of this.earlyInput.splice(0)) master.write(d);
+    if (this.stdinClosed) master.write(EOT);
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    if (!this.flags.stdin) throw failedPrecondition("the process was created without stdin");
+    if (this.stdinClosed) throw failedPrecondition("stdin is closed");
+    const buf = Buffer.from(data);
+    if (this.flags.terminal) {
+      if (!this.master) {
+        this.earlyInput.push(buf);
+        return;
+      }
+      return writeTo(this.master, buf);
+    }
+    return writeTo(this.stdinPipe!, buf);
+  }
+
+  /** The process sees end of input: EOF on its pipe, or EOT on the terminal (canonical mode). */
+  closeStdin() {
+    if (this.stdinClosed) return;
+    this.stdinClosed = true;
+    if (this.flags.terminal) {
+      if (this.master && !this.master.destroyed) this.master.write(EOT);
+      return;
+    }
+    const p = this.stdinPipe;
+    if (!p) return;
+    // end() would shutdown(2) a pipe (ENOTSOCK); closing the fd once written is what EOF needs.
+    if (p.writableLength === 0) p.destroy();
+    else p.once("drain", () => p.destroy());
+  }
+
+  read(stream: StreamName, signal?: AbortSignal) {
+    return (stream === "stdout" ? this.stdout : this.stderr).read(signal);
+  }
+
+  /** Sizes the terminal; a process without one ignores it (as containerd's runc shim does). */
+  resize(rows: number, cols: number) {
+    if (!this.flags.terminal) return;
+    if (this.masterFd < 0) {
+      if (!this.master) this.earlySize = { rows, cols };
+      return;
+    }
+    this.sys.setWinsize(this.masterFd, rows, cols);
+  }
+
+  /** The process is gone: let the pty master reach EOF once its output is read. */
+  processExited() {
+    if (this.ptyPeer >= 0) safeClose(this.ptyPeer);
+    this.ptyPeer = -1;
+  }
+
+  /** The process failed to start: nothing will ever be written. */
+  abandon() {
+    this.releaseChildFds();
+    this.close();
+  }
+
+  close() {
+    this.processExited();
+    this.releaseChildFds();
+    for (const s of this.streams) s.destroy();
+    this.streams.length = 0;
+    this.stdout.close();
+    this.stderr.close();
+    this.masterFd = -1;
+  }
+}
+
+function writeTo(s: net.Socket, data: Buffer): Promise<void> {
+  if (s.destroyed) return Promise.reject(failedPrecondition("stdin is closed"));
+  return new Promise((resolve, reject) => {
+    s.write(data, (err) => (err ? reject(failedPrecondition(`write to stdin: ${err.message}`)) : resolve()));
+  });
+}
