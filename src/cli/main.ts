@@ -2,19 +2,12 @@
 import { Command } from "commander";
 import { installCommand, uninstallCommand } from "./install/command.js";
 import { checkCommand } from "./check.js";
+import { demoCommand } from "./demo.js";
 
 const program = new Command();
 program.name("cocoon").description("Cocoon: a containerd shim v2 runtime (runc mode and VM-per-pod mode)").version("0.1.0");
 
-program
-  .command("demo")
-  .description("run a demo container through a private containerd and print what it printed")
-  .action(async () => {
-    const { runDemo } = await import("./demo.js");
-    process.exitCode = await runDemo();
-  });
-
-program.addCommand(installCommand()).addCommand(uninstallCommand()).addCommand(checkCommand());
+program.addCommand(demoCommand()).addCommand(installCommand()).addCommand(uninstallCommand()).addCommand(checkCommand());
 
 program.parseAsync(process.argv).catch((err) => {
   process.stderr.write(`cocoon: ${(err as Error).message}\n`);

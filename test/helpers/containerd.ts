@@ -7,7 +7,9 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { connect } from "node:net";
 import { tmpdir as osTmpdir } from "node:os";
 import { basename, join, posix } from "node:path";
-import { parse as parseToml, stringify as stringifyToml } from "smol-toml";
+import type { CniNetwork } from "../../src/cli/lab/cni.js";
+import { privateContainerdConfig, renderContainerdConfig } from "../../src/cli/lab/containerd-config.js";
+import { HARNESS_CNI_BIN_DIR, setupHarnessCni, teardownHarnessCni } from "./cni.js";
 import { describeMount, describeProcess, isAlive, isUnder, listProcesses, readMountinfo, withDescendants } from "./procfs.js";
 import { repoRoot, run, settlesWithin, sleep, tailLines, tmpdir, type RunResult } from "./util.js";
 
@@ -25,6 +27,11 @@ export const CRI_SANDBOX_IMAGE = "cocoon.local/pause:latest";
 export interface StartOptions {
   /** Enable the CRI plugin (disabled by default). */
   cri?: boolean;
+  /**
+   * With `cri`: give pods a private bridge network (test/helpers/cni.ts) using the host's CNI plugins;
+   * stop() deletes the bridge. Without it the CNI dirs are empty and only hostNetwork pods can run.
+   */
+  cni?: boolean;
   /** Directories put first on containerd's PATH, where it looks up shim binaries. Default `[<repo>/bin]`. */
   pathPrepend?: string[];
   /** TOML deep-merged over the generated config (tables merge, other values replace). */
@@ -83,6 +90,8 @@ export interface Containerd {
   stop(): Promise<StopReport>;
   /** Filled by stop(). */
   readonly leftovers: string[];
+  /** The pod network, when started with `cni`. */
+  readonly cni?: CniNetwork;
 }
 
 /** Harness dirs created by this process; those of concurrent test processes are not ours to judge. */
@@ -102,21 +111,6 @@ process.on("exit", () => {
   }
 });
 
-type Toml = Record<string, unknown>;
-
-function isTable(v: unknown): v is Toml {
-  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
-}
-
-function deepMerge(base: Toml, over: Toml): Toml {
-  const out: Toml = { ...base };
-  for (const [k, v] of Object.entries(over)) {
-    const b = out[k];
-    out[k] = isTable(b) && isTable(v) ? deepMerge(b, v) : v;
-  }
-  return out;
-}
-
 interface Layout {
   dir: string;
   root: string;
@@ -128,42 +122,28 @@ interface Layout {
 }
 
 function buildConfig(l: Layout, opts: StartOptions): string {
-  const cfg: Toml = {
-    version: 2,
-    root: l.root,
-    state: l.state,
-    temp: join(l.dir, "tmp"),
-    grpc: { address: l.address },
-    ttrpc: { address: l.ttrpcAddress },
-    debug: { level: opts.debug ? "debug" : "info" },
-    plugins: {
-      // Defaults to /opt/containerd; keep it private.
-      "io.containerd.internal.v1.opt": { path: join(l.dir, "opt") },
+  const cfg = privateContainerdConfig(
+    { root: l.root, state: l.state, temp: join(l.dir, "tmp"), opt: join(l.dir, "opt"), address: l.address, ttrpcAddress: l.ttrpcAddress },
+    {
+      logLevel: opts.debug ? "debug" : "info",
+      ...(opts.cri
+        ? {
+            cri: {
+              sandboxImage: CRI_SANDBOX_IMAGE,
+              disableApparmor: true,
+              cniBinDir: opts.cni ? HARNESS_CNI_BIN_DIR : join(l.dir, "cni", "bin"),
+              cniConfDir: join(l.dir, "cni", "conf"),
+              defaultRuntime: "runc",
+              runtimes: {
+                runc: { runtimeType: "io.containerd.runc.v2", options: { Root: l.runcRoot } },
+                cocoon: { runtimeType: "io.containerd.cocoon.v2" },
+              },
+            },
+          }
+        : {}),
     },
-  };
-  if (opts.cri) {
-    (cfg.plugins as Toml)["io.containerd.grpc.v1.cri"] = {
-      sandbox_image: CRI_SANDBOX_IMAGE,
-      // Without CAP_SYS_RESOURCE (as in this sandbox) runc cannot set the -998 the CRI plugin asks for.
-      restrict_oom_score_adj: true,
-      disable_apparmor: true,
-      // Network namespaces go below our state dir instead of /var/run/netns.
-      netns_mounts_under_state_dir: true,
-      cni: { bin_dir: join(l.dir, "cni", "bin"), conf_dir: join(l.dir, "cni", "conf") },
-      containerd: {
-        snapshotter: "overlayfs",
-        default_runtime_name: "runc",
-        runtimes: {
-          runc: { runtime_type: "io.containerd.runc.v2", options: { Root: l.runcRoot } },
-          cocoon: { runtime_type: "io.containerd.cocoon.v2" },
-        },
-      },
-    };
-  } else {
-    cfg.disabled_plugins = ["io.containerd.grpc.v1.cri"];
-  }
-  const merged = opts.extraConfig ? deepMerge(cfg, parseToml(opts.extraConfig) as Toml) : cfg;
-  return stringifyToml(merged) + "\n";
+  );
+  return renderContainerdConfig(cfg, opts.extraConfig);
 }
 
 function canConnect(path: string): Promise<boolean> {
@@ -241,6 +221,7 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
   let exited: Promise<void> = Promise.resolve();
   let savedLog: string | undefined;
   let stopping: Promise<StopReport> | undefined;
+  let network: CniNetwork | undefined;
   const leftovers: string[] = [];
 
   const log = (): string => {
@@ -368,6 +349,9 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
       await run("umount", ["-l", m.mountPoint], { timeoutMs: 10_000 });
     }
 
+    // Only after the netns mounts are gone: the pods' veth ends go with their namespaces.
+    if (network) leftovers.push(...(await teardownHarnessCni(network)));
+
     // Sockets of shims that are gone (runc unlinks its own; a SIGKILLed shim cannot).
     for (const path of ourShimSockets()) sockets.add(path);
     for (const path of sockets) {
@@ -398,6 +382,7 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
   };
 
   try {
+    if (opts.cri && opts.cni) network = await setupHarnessCni(dir);
     writeFileSync(configPath, buildConfig(layout, opts));
     const pathPrepend = opts.pathPrepend ?? [join(repoRoot, "bin")];
     const env = {
@@ -466,5 +451,6 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
     get leftovers() {
       return [...leftovers];
     },
+    ...(network ? { cni: network } : {}),
   };
 }
