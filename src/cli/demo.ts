@@ -11,7 +11,7 @@ import { HANDLERS, labPrerequisites, startLab, sweepStaleLabs, type HandlerName,
 import { ExitTimeoutError, readContainerLog, startPod, waitForExit, type RunningPod } from "./lab/pod.js";
 
 export interface DemoOptions {
-  /** RuntimeClass handler: cocoon-runc (default) or cocoon. */
+  /** RuntimeClass handler: cocoon (default, vm mode) or cocoon-runc. */
   handler?: string;
   /** `runc` or `vm`: another way to say cocoon-runc or cocoon. */
   mode?: string;
@@ -50,13 +50,13 @@ export function demoPodSpec(): PodSpec {
   );
 }
 
-/** The handler from --handler / --mode, else the spec's, else cocoon-runc. */
+/** The handler from --handler / --mode, else the spec's, else cocoon (a pod in its own VM). */
 export function resolveHandler(o: Pick<DemoOptions, "handler" | "mode">, spec: PodSpec): HandlerName {
   const byMode: Record<string, HandlerName> = { runc: "cocoon-runc", vm: "cocoon" };
   if (o.mode !== undefined && !(o.mode in byMode)) throw new Error(`--mode must be runc or vm, got "${o.mode}"`);
   const fromMode = o.mode !== undefined ? byMode[o.mode] : undefined;
   if (o.handler !== undefined && fromMode !== undefined && o.handler !== fromMode) throw new Error(`--handler ${o.handler} and --mode ${o.mode} disagree`);
-  const handler = o.handler ?? fromMode ?? (spec.runtimeHandler || "cocoon-runc");
+  const handler = o.handler ?? fromMode ?? (spec.runtimeHandler || "cocoon");
   if (!(handler in HANDLERS)) throw new Error(`unknown runtime handler "${handler}": the demo registers ${Object.keys(HANDLERS).join(" and ")}`);
   return handler as HandlerName;
 }
@@ -229,7 +229,7 @@ export function demoCommand(): Command {
     .description(
       "run a pod through a private containerd with the CRI plugin and Cocoon's runtime handlers, print what it printed, then remove everything",
     )
-    .option("--handler <name>", "RuntimeClass handler to run the pod with: cocoon-runc (runc mode) or cocoon (vm mode); default cocoon-runc")
+    .option("--handler <name>", "RuntimeClass handler to run the pod with: cocoon-runc (runc mode) or cocoon (vm mode); default cocoon")
     .option("--mode <mode>", "runc or vm: the same as --handler cocoon-runc / --handler cocoon")
     .option("--spec <file>", "run this pod spec (YAML or JSON, see examples/pod.yaml) instead of the built-in pod")
     .option("--timeout <seconds>", "how long to wait for the containers to exit", positiveInt, 60)

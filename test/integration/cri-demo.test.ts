@@ -2,7 +2,7 @@
 // interrupted.
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -16,7 +16,18 @@ const labDirs = () => readdirSync(os.tmpdir()).filter((n) => n.startsWith(LAB_DI
 
 async function demo(opts: Parameters<typeof runDemo>[0] = {}): Promise<{ code: number; out: string }> {
   let out = "";
-  const code = await runDemo({ sourceRoot: repoRoot, out: (s) => (out += s), ...opts });
+  // runc mode unless a test asks otherwise: VM boots are slow under TCG; one test covers the default.
+  const code = await runDemo({ sourceRoot: repoRoot, out: (s) => (out += s), ...(opts.mode || opts.handler ? {} : { handler: "cocoon-runc" as const }), ...opts });
+  return { code, out };
+}
+
+const manifest = path.join(repoRoot, "guest", "out", "manifest.json");
+const guestBuilt = existsSync(manifest);
+const guestRelease: string = guestBuilt ? JSON.parse(readFileSync(manifest, "utf8")).kernel?.release ?? "" : "";
+
+async function runDemoDefault(): Promise<{ code: number; out: string }> {
+  let out = "";
+  const code = await runDemo({ sourceRoot: repoRoot, out: (s) => (out += s) });
   return { code, out };
 }
 
@@ -43,6 +54,15 @@ describe("cocoon demo", { timeout: 180_000 }, () => {
     rmSync(tmp, { recursive: true, force: true });
     await assertNoLeaks(host, { graceMs: 10_000 });
     assert.deepEqual(labDirs().filter((d) => !before_.includes(d)), []);
+  });
+
+  it("by default runs the built-in pod in its own VM (vm mode) and prints what it printed", { skip: !guestBuilt && "guest/out not built" }, async () => {
+    const { code, out } = await runDemoDefault();
+    assert.equal(code, 0, out);
+    assert.match(out, /pod cocoon-demo is running with handler cocoon, pod IP \d+\.\d+\.\d+\.\d+/);
+    assert.match(out, new RegExp(`hello from a Cocoon pod: ${guestRelease.replace(/[.]/g, "\\.")}, cocoon-demo`));
+    assert.match(out, /cleaned up: nothing left behind/);
+    await assertNoLeaks(host, { graceMs: 10_000 });
   });
 
   it("runs the built-in pod on cocoon-runc and prints what it printed", async () => {
@@ -180,7 +200,7 @@ interface DemoChild {
 function spawnDemo(args: string[]): DemoChild {
   const demoModule = path.join(repoRoot, "dist", "js", "src", "cli", "demo.js");
   const script = `const { demoCommand } = await import(${JSON.stringify(demoModule)}); await demoCommand().parseAsync(process.argv.slice(1), { from: "user" });`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", script, "--", ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script, "--", "--handler", "cocoon-runc", ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));

@@ -124,7 +124,7 @@ export class VmRuntime implements Runtime {
     let booted = false;
     if (!sandbox) {
       if (!isSandbox) throw failedPrecondition(`pod sandbox ${sandboxId} of container ${req.id} is not running in this shim`);
-      sandbox = await this.bootSandbox(sandboxId, netNs?.path ?? "", podSizing(ann, this.ctx.config.vm.vcpus, this.ctx.config.vm.memoryMiB));
+      sandbox = await this.bootSandbox(sandboxId, netNs?.path ?? "", String(req.spec["hostname"] ?? ""), podSizing(ann, this.ctx.config.vm.vcpus, this.ctx.config.vm.memoryMiB));
       booted = true;
     }
     const sb = sandbox;
@@ -180,7 +180,7 @@ export class VmRuntime implements Runtime {
     );
   }
 
-  private async bootSandbox(id: string, netnsPath: string, size: { vcpus: number; memoryMiB: number }): Promise<Sandbox> {
+  private async bootSandbox(id: string, netnsPath: string, hostname: string, size: { vcpus: number; memoryMiB: number }): Promise<Sandbox> {
     const vmCfg = this.ctx.config.vm;
     for (const [what, p] of [["guest kernel", vmCfg.kernel], ["guest initrd", vmCfg.initrd]] as const) {
       if (!existsSync(p)) throw failedPrecondition(`${what} ${p} is missing (build it with guest/build.sh and set vm.${what === "guest kernel" ? "kernel" : "initrd"} in the Cocoon config)`);
@@ -209,10 +209,11 @@ export class VmRuntime implements Runtime {
       const agent = agentApi(client);
       const health = await agent.health({}, { timeoutMs: Math.max(1000, vmCfg.bootTimeoutSec * 1000 - (Date.now() - t0)) });
       log.info("VM booted", { ms: Date.now() - t0, accel, kernel: health.kernelRelease, qemuPid: vm.pid });
-      if (net) {
+      if (net || hostname) {
         await agent.setupNetwork({
-          interfaces: [{ mac: net.iface.mac, name: "eth0", addresses: net.iface.addresses.map((cidr) => ({ cidr })), mtu: net.iface.mtu }],
-          routes: net.routes.map((r) => ({ destination: r.destination, gateway: r.gateway, device: "eth0" })),
+          hostname,
+          interfaces: net ? [{ mac: net.iface.mac, name: "eth0", addresses: net.iface.addresses.map((cidr) => ({ cidr })), mtu: net.iface.mtu }] : [],
+          routes: (net?.routes ?? []).map((r) => ({ destination: r.destination, gateway: r.gateway, device: "eth0" })),
         });
       }
       const sb: Sandbox = { id, runDir, sharedDir, vm, client, agent, net, containers: new Set(), dead: false };
