@@ -1,0 +1,135 @@
+// The Kubernetes path in vm mode: containerd's CRI plugin runs pods on the `cocoon` handler, each pod in
+// its own QEMU VM (TCG here), with the pod's CNI network carried into the guest.
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { CriClient } from "../../src/cli/cri/client.js";
+import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
+import { readContainerLog, removeAllPods, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
+import { startContainerd, type Containerd } from "../helpers/containerd.js";
+import { BUSYBOX_IMAGE, importImage, importPauseImage, INDEX_HTML, PAUSE_IMAGE } from "../helpers/image.js";
+import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
+import { repoRoot, waitFor } from "../helpers/util.js";
+
+const HANDLER = "cocoon";
+const OUT = path.join(repoRoot, "guest", "out");
+const manifest = path.join(OUT, "manifest.json");
+const built = existsSync(manifest);
+const guestRelease: string = built ? JSON.parse(readFileSync(manifest, "utf8")).kernel?.release ?? "" : "";
+const text = (b: Uint8Array) => Buffer.from(b).toString("utf8");
+let seq = 0;
+
+function qemuPids(): number[] {
+  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, "utf8").includes("qemu-system");
+    } catch {
+      return false;
+    }
+  });
+}
+
+describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out not built (run guest/build.sh)", timeout: 420_000 }, () => {
+  let host: HostSnapshot;
+  let ctrd: Containerd;
+  let cri: CriClient;
+  let cfgDir: string;
+
+  async function runPod(name: string, containers: Array<{ name: string; script: string; mounts?: Array<{ hostPath: string; containerPath: string; readOnly?: boolean }> }>, o: { hostNetwork?: boolean } = {}): Promise<RunningPod> {
+    const spec = validatePodSpec({
+      name: `${name}-${process.pid}-${++seq}`,
+      runtimeHandler: HANDLER,
+      hostNetwork: !!o.hostNetwork,
+      containers: containers.map((c) => ({ name: c.name, image: BUSYBOX_IMAGE, command: ["sh", "-c", c.script], mounts: c.mounts })),
+    });
+    return startPod(cri, toCriConfigs(spec, { logRoot: path.join(ctrd.dir, "pods") }), { timeoutMs: 180_000 });
+  }
+
+  async function exec(containerId: string, cmd: string[]) {
+    const r = await cri.execSync({ containerId, cmd, timeout: 30n }, { timeoutMs: 60_000 });
+    return { stdout: text(r.stdout), stderr: text(r.stderr), exitCode: r.exitCode };
+  }
+
+  before(async () => {
+    host = await snapshotHost();
+    cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
+    const cfg = path.join(cfgDir, "cocoon-vm.toml");
+    writeFileSync(cfg, [
+      'mode = "vm"', 'grouping = "pod"', "[vm]", `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`,
+      `rootfs = "${OUT}/rootfs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
+    ].join("\n"));
+    const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${HANDLER}`;
+    ctrd = await startContainerd({
+      cri: true,
+      cni: true,
+      pathPrepend: [path.join(repoRoot, "bin")],
+      extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cfg}"\n`,
+    });
+    await importPauseImage(ctrd);
+    await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });
+    cri = await CriClient.connect(ctrd.address, { defaultTimeoutMs: 180_000 });
+    for (const image of [PAUSE_IMAGE, BUSYBOX_IMAGE]) {
+      await waitFor(async () => (await cri.imageStatus({ image: { image } })).image, { timeoutMs: 20_000, what: `CRI to list ${image}` });
+    }
+  });
+
+  after(async () => {
+    if (cri) {
+      await removeAllPods(cri, 60_000).catch(() => {});
+      cri.close();
+    }
+    await ctrd?.stop();
+    if (cfgDir) rmSync(cfgDir, { recursive: true, force: true });
+    await assertNoLeaks(host, { harness: ctrd, graceMs: 10_000 });
+  });
+
+  it("a two-container pod in one VM: guest kernel, logs, exec, stats, exit codes, read-only volume; pods reach each other", async () => {
+    const vol = path.join(cfgDir, "vol");
+    mkdirSync(vol);
+    writeFileSync(path.join(vol, "f"), "from-host\n");
+    const qemuBefore = qemuPids().length;
+    const web = await runPod("web", [
+      { name: "httpd", script: "echo serving; exec httpd -f -p 8080 -h /var/www" },
+      { name: "quitter", script: "uname -r; cat /data/f; echo x > /data/g || echo read-only; exit 7", mounts: [{ hostPath: vol, containerPath: "/data", readOnly: true }] },
+    ]);
+    try {
+      assert.equal(qemuPids().length, qemuBefore + 1, "one QEMU for the whole pod");
+      const [httpd, quitter] = web.containers;
+      const failed = await waitForExit(cri, quitter!.id, 60_000);
+      assert.equal(failed.exitCode, 7);
+      await waitFor(() => readContainerLog(quitter!.logPath).length >= 3, { timeoutMs: 20_000, what: "quitter's log" });
+      const lines = readContainerLog(quitter!.logPath).map((l) => `${l.stream}:${l.text}`);
+      assert.deepEqual(lines.filter((l) => l.startsWith("stdout:")), [`stdout:${guestRelease}`, "stdout:from-host", "stdout:read-only"]);
+      assert.equal(existsSync(path.join(vol, "g")), false);
+      await waitFor(() => readContainerLog(httpd!.logPath).some((l) => l.text === "serving"), { timeoutMs: 20_000, what: "httpd's log" });
+
+      const r = await exec(httpd!.id, ["sh", "-c", "echo out; echo err >&2; exit 3"]);
+      assert.deepEqual(r, { stdout: "out\n", stderr: "err\n", exitCode: 3 });
+      const h = await exec(httpd!.id, ["hostname"]);
+      assert.equal(h.stdout, `${web.name}\n`);
+      const { stats } = await cri.containerStats({ containerId: httpd!.id });
+      assert.ok((stats?.memory?.workingSetBytes?.value ?? 0n) > 0n, `working set ${stats?.memory?.workingSetBytes?.value}`);
+
+      // A second pod (a second VM) fetches the page from the first at its pod IP, through both taps.
+      const client = await runPod("client", [{ name: "shell", script: "exec sleep 600" }]);
+      try {
+        const page = await waitFor(async () => {
+          const w = await exec(client.containers[0]!.id, ["timeout", "5", "wget", "-qO-", `http://${web.ip}:8080/`]);
+          return w.exitCode === 0 ? w.stdout : undefined;
+        }, { timeoutMs: 60_000, intervalMs: 500, what: `httpd on ${web.ip}:8080 from another VM` });
+        assert.equal(page, INDEX_HTML);
+      } finally {
+        await removePod(cri, client.id);
+      }
+    } finally {
+      await removePod(cri, web.id);
+    }
+    assert.equal(qemuPids().length, qemuBefore, "QEMU gone with its pod");
+  });
+
+  it("refuses a hostNetwork pod with a clear error", async () => {
+    await assert.rejects(runPod("hostnet", [{ name: "shell", script: "sleep 1" }], { hostNetwork: true }), /host networking cannot be used in vm mode/);
+  });
+});
