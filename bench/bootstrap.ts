@@ -8,7 +8,7 @@ import { Socket } from "node:net";
 import { join } from "node:path";
 import { Code, TtrpcClient, TtrpcError } from "../src/ttrpc/index.js";
 import { run, sleep } from "../test/helpers/util.js";
-import { findShims } from "./procmem.js";
+import { listProcesses } from "../test/helpers/procfs.js";
 import type { RuntimeUnderTest } from "./rig.js";
 
 export interface BootstrapSamples {
@@ -63,13 +63,14 @@ async function untilServing(socket: string, deadline: number): Promise<void> {
   }
 }
 
+/** Kills every process started with `-address <address>`: the fake address is unique to this bench. */
 async function killDaemons(address: string): Promise<void> {
   for (let i = 0; i < 50; i++) {
-    const shims = findShims(address);
-    if (!shims.length) return;
-    for (const s of shims) {
+    const ours = listProcesses().filter((p) => p.args.includes(address) && p.pid !== process.pid);
+    if (!ours.length) return;
+    for (const p of ours) {
       try {
-        process.kill(s.pid, "SIGKILL");
+        process.kill(p.pid, "SIGKILL");
       } catch {
         // already gone
       }

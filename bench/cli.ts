@@ -1,12 +1,16 @@
 // The bench's command line: a handful of flags, parsed by hand to stay dependency-free.
 
-export type Section = "latency" | "memory";
+export type Section = "latency" | "bootstrap" | "memory";
 
 export interface Variant {
   /** Lower-case letters and digits: it becomes part of a runtime name, io.containerd.cocoon<name>.v2. */
   name: string;
   /** Node options the variant's launcher passes instead of the shipped launcher's. */
   nodeFlags: string[];
+  /** Environment the launcher sets before exec'ing node (e.g. MALLOC_ARENA_MAX). */
+  env: Record<string, string>;
+  /** A whole launcher script to use instead of one generated from nodeFlags/env. */
+  launcherPath?: string;
 }
 
 export interface BenchOptions {
@@ -33,9 +37,15 @@ export const USAGE = `usage: npm run bench -- [options]
   --pods N             pods for the density test (default 10)
   --per-pod N          containers per pod (default 3)
   --settle S           seconds to wait before reading shim memory (default 2)
-  --only latency|memory
-  --variant NAME=FLAGS extra Cocoon row whose launcher runs 'node FLAGS' (repeatable), e.g.
-                       --variant jitless='--max-semi-space-size=1 --jitless'
+  --only latency|bootstrap|memory
+                       latency = container starts plus the bare 'start' breakdown;
+                       bootstrap = only the bare 'start' breakdown (no containers)
+  --variant NAME=FLAGS extra Cocoon row whose launcher runs 'node FLAGS' (repeatable); VAR=value
+                       words set the environment, e.g.
+                       --variant jitless='--max-semi-space-size=1 --jitless --no-expose-wasm'
+                       --variant arena='MALLOC_ARENA_MAX=1 --max-semi-space-size=1'
+  --launcher NAME=PATH extra Cocoon row using the launcher script at PATH (repeatable); the script
+                       must exec the shim with "$@" like bin/containerd-shim-cocoon-v2
   --out DIR            results directory (default bench/results)`;
 
 export class UsageError extends Error {}
@@ -49,7 +59,7 @@ function int(v: string | undefined, flag: string, min: number): number {
 export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     runs: 20, warmup: 2, bootstrapRuns: 15, pods: 10, perPod: 3, settleSec: 2,
-    sections: ["latency", "memory"], variants: [], outDir: undefined,
+    sections: ["latency", "bootstrap", "memory"], variants: [], outDir: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const raw = argv[i]!;
@@ -66,15 +76,24 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case "--out": o.outDir = value(); break;
       case "--only": {
         const v = value();
-        if (v !== "latency" && v !== "memory") throw new UsageError("--only takes latency or memory");
-        o.sections = [v];
+        if (v !== "latency" && v !== "memory" && v !== "bootstrap") throw new UsageError("--only takes latency, bootstrap or memory");
+        o.sections = v === "latency" ? ["latency", "bootstrap"] : [v];
         break;
       }
-      case "--variant": {
+      case "--variant":
+      case "--launcher": {
         const v = value() ?? "";
         const m = /^([a-z0-9]+)=(.*)$/s.exec(v);
-        if (!m) throw new UsageError(`--variant wants NAME=FLAGS with NAME of [a-z0-9], got "${v}"`);
-        o.variants.push({ name: m[1]!, nodeFlags: m[2]!.split(/\s+/).filter(Boolean) });
+        if (!m) throw new UsageError(`${flag} wants NAME=… with NAME of [a-z0-9], got "${v}"`);
+        if (o.variants.some((x) => x.name === m[1])) throw new UsageError(`variant name "${m[1]}" given twice`);
+        if (flag === "--launcher") {
+          o.variants.push({ name: m[1]!, nodeFlags: [], env: {}, launcherPath: m[2]! });
+          break;
+        }
+        const words = m[2]!.split(/\s+/).filter(Boolean);
+        const isEnv = (w: string) => /^[A-Za-z_][A-Za-z0-9_]*=/.test(w);
+        const env = Object.fromEntries(words.filter(isEnv).map((w) => [w.slice(0, w.indexOf("=")), w.slice(w.indexOf("=") + 1)]));
+        o.variants.push({ name: m[1]!, nodeFlags: words.filter((w) => !isEnv(w)), env });
         break;
       }
       case "-h":

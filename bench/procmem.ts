@@ -1,5 +1,6 @@
 // Finds the shim daemons a given containerd started and reads their memory from /proc.
-import { readFileSync } from "node:fs";
+import { readFileSync, readlinkSync } from "node:fs";
+import { basename } from "node:path";
 import { listProcesses, type ProcInfo } from "../test/helpers/procfs.js";
 
 export type ShimKind = "runc-v2" | "cocoon";
@@ -29,11 +30,25 @@ const flagValue = (args: string[], name: string): string | undefined => {
 
 const isCtr = (p: ProcInfo | undefined): boolean => !!p && /(^|\/)ctr$/.test(p.args[0] ?? "");
 
+/** The script a node process runs: its first argument that is not an option (or option value). */
+function scriptOf(args: string[]): string {
+  for (let i = 1; i < args.length; i++) {
+    const a = args[i]!;
+    if (!a.startsWith("-")) return a;
+    // Node options that take a separate value.
+    if (a === "-r" || a === "--require" || a === "--import" || a === "--snapshot-blob") i++;
+  }
+  return "";
+}
+
 function kindOf(args: string[]): ShimKind | undefined {
-  const joined = args.join(" ");
+  const program = basename(args[0] ?? "");
   // A daemon has no action word: `start` and `delete` are short-lived bootstrap commands.
-  if (/(^|\/)containerd-shim-runc-v2$/.test(args[0] ?? "") && !args.includes("start") && !args.includes("delete")) return "runc-v2";
-  if (joined.includes("containerd-shim-cocoon-v2") && args.includes("daemon")) return "cocoon";
+  if (program === "containerd-shim-runc-v2") return args.includes("start") || args.includes("delete") ? undefined : "runc-v2";
+  // Cocoon daemons run from whichever bundle the launcher picked (the entry, or a split daemon
+  // bundle), so match any cocoon script whose action is `daemon`.
+  const script = program === "node" || program.startsWith("node") ? basename(scriptOf(args)) : program;
+  if (/cocoon/.test(script) && args[args.length - 1] === "daemon") return "cocoon";
   return undefined;
 }
 
@@ -64,6 +79,28 @@ export function readMemory(pid: number): ProcMemory | undefined {
     pssAnon: field("Pss_Anon"),
     pssFile: field("Pss_File"),
   };
+}
+
+/** Resident and proportional KiB of a process's own executable file (its text and read-only data). */
+export function readExeMemory(pid: number): { exe: string; rss: number; pss: number } | undefined {
+  let exe: string;
+  let text: string;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+    text = readFileSync(`/proc/${pid}/smaps`, "utf8");
+  } catch {
+    return undefined;
+  }
+  let inExe = false;
+  let rss = 0;
+  let pss = 0;
+  for (const line of text.split("\n")) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (header) inExe = header[1] === exe;
+    else if (inExe && line.startsWith("Rss:")) rss += Number(line.split(/\s+/)[1]);
+    else if (inExe && line.startsWith("Pss:")) pss += Number(line.split(/\s+/)[1]);
+  }
+  return { exe, rss, pss };
 }
 
 /** Number of threads, from /proc/<pid>/status. */

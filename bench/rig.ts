@@ -2,11 +2,14 @@
 // pod grouping and with node grouping, and optional Cocoon launcher variants (other node flags).
 // Cocoon configs are chosen per container with `ctr run --runtime-config-path`, so all rows share
 // one containerd and one image store.
-import { chmodSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { createHash } from "node:crypto";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join, posix } from "node:path";
 import { startContainerd, type Containerd } from "../test/helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../test/helpers/image.js";
 import { repoRoot, tmpdir } from "../test/helpers/util.js";
+import { findShims } from "./procmem.js";
 import type { Variant } from "./cli.js";
 
 export type Grouping = "pod" | "node";
@@ -33,6 +36,8 @@ export interface Rig {
   runArgs(rt: RuntimeUnderTest, id: string, opts?: { grouping?: Grouping; pod?: string }): string[];
   /** Kills and removes a container and its task; never throws. */
   remove(id: string): Promise<void>;
+  /** Remembers the sockets of the Cocoon daemons running now, so stop() can remove any they leave. */
+  noteDaemons(): void;
   stop(): Promise<string[]>;
 }
 
@@ -53,13 +58,52 @@ function writeConfigs(dir: string, tag: string): Record<Grouping, string> {
   return out;
 }
 
-/** A copy of the shipped launcher with other node flags, under a name containerd maps to its own runtime. */
+const shellQuote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
+
+/**
+ * A launcher with other node flags (or a given script), under a name containerd maps to its own
+ * runtime, io.containerd.cocoon<name>.v2. Node must print nothing on `start`: containerd reads all
+ * its output as the address (e.g. --jitless warns unless --no-expose-wasm is given too).
+ */
 function writeLauncher(binDir: string, v: Variant): string {
   const path = join(binDir, `containerd-shim-cocoon${v.name}-v2`);
-  const flags = v.nodeFlags.map((f) => `'${f.replace(/'/g, "'\\''")}'`).join(" ");
-  writeFileSync(path, `#!/bin/sh\nexec node ${flags} '${BUNDLE}' "$@"\n`);
+  if (v.launcherPath) copyFileSync(v.launcherPath, path);
+  else {
+    const env = Object.entries(v.env).map(([k, val]) => `${k}=${shellQuote(val)} `).join("");
+    writeFileSync(path, `#!/bin/sh\n${env}exec node ${v.nodeFlags.map(shellQuote).join(" ")} ${shellQuote(BUNDLE)} "$@"\n`);
+  }
   chmodSync(path, 0o755);
   return path;
+}
+
+function canConnect(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+  });
+}
+
+/** Where a daemon started with `start`'s environment listens (COCOON_SOCKET), if readable. */
+function daemonSocket(pid: number): string | undefined {
+  try {
+    const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+    return env.find((e) => e.startsWith("COCOON_SOCKET="))?.slice("COCOON_SOCKET=".length) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Sockets a Cocoon node daemon of this containerd may have used, by the shim's naming rule. The
+ * harness removes per-container sockets, but a node daemon's name derives from its config path.
+ */
+function nodeDaemonSockets(address: string, configs: string[]): string[] {
+  return configs.map((cfg) => join("/run/containerd/s", createHash("sha256").update(posix.join(address, "cocoon-node", "runc", cfg)).digest("hex")));
 }
 
 export async function startRig(variants: Variant[]): Promise<Rig> {
@@ -84,6 +128,7 @@ export async function startRig(variants: Variant[]): Promise<Rig> {
     throw e;
   }
   const c = ctrd;
+  const sockets = new Set<string>();
   return {
     ctrd: c, dir, runcV2, cocoon, variants: vs,
     runArgs(rt, id, opts = {}) {
@@ -96,10 +141,27 @@ export async function startRig(variants: Variant[]): Promise<Rig> {
       await c.ctr(["tasks", "rm", "-f", id], q);
       await c.ctr(["containers", "rm", id], q);
     },
+    noteDaemons() {
+      for (const shim of findShims(c.address)) {
+        const sock = shim.kind === "cocoon" ? daemonSocket(shim.pid) : undefined;
+        if (sock) sockets.add(sock);
+      }
+    },
     async stop() {
       const report = await c.stop();
+      const leftovers = [...report.leftovers];
+      const configs = [cocoon, ...vs].map((rt) => rt.configs!.node);
+      for (const sock of [...sockets, ...nodeDaemonSockets(c.address, configs)]) {
+        if (!existsSync(sock) || (await canConnect(sock))) continue;
+        leftovers.push(`stale daemon socket ${sock}`);
+        try {
+          unlinkSync(sock);
+        } catch {
+          // raced with its owner
+        }
+      }
       rmSync(dir, { recursive: true, force: true });
-      return report.leftovers;
+      return leftovers;
     },
   };
 }

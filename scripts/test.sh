@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --deps-only
-exec node --test --test-concurrency=1 dist/js/test/
+exec node --test --test-concurrency=1 dist/js/test/unit/ dist/js/test/integration/

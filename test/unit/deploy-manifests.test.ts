@@ -304,8 +304,9 @@ test("the containerd snippet is TOML registering both handlers with their Cocoon
 test("the two Cocoon configs pass the shim's parseConfig", () => {
   const vm = parseConfig(readFileSync(join(DEPLOY, "config", "cocoon-vm.toml"), "utf8"), "cocoon-vm.toml");
   assert.equal(vm.mode, "vm");
-  assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinuz");
-  assert.equal(vm.vm.initrd, "/usr/local/share/cocoon/initramfs.cpio.gz");
+  assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinux");
+  assert.equal(vm.vm.initrd, "/usr/local/share/cocoon/initramfs-9p.cpio.zst");
+  assert.equal(vm.vm.rootfs, "/usr/local/share/cocoon/rootfs");
   const runc = parseConfig(readFileSync(join(DEPLOY, "config", "cocoon-runc.toml"), "utf8"), "cocoon-runc.toml");
   assert.equal(runc.mode, "runc");
   assert.equal(runc.runc.binary, "runc");

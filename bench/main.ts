@@ -1,0 +1,133 @@
+// `npm run bench`: Cocoon's runc mode next to Debian's containerd-shim-runc-v2 in one private
+// containerd. Measures and reports; never asserts. See `--help` for the flags.
+import { join } from "node:path";
+import { repoRoot } from "../test/helpers/util.js";
+import { benchBootstrap } from "./bootstrap.js";
+import { parseArgs, UsageError, type BenchOptions } from "./cli.js";
+import { benchLatency, type LatencyRow } from "./latency.js";
+import { machineFacts } from "./machine.js";
+import { benchMemory, type MemoryConfig } from "./memory.js";
+import { bootstrapTable, latencyTable, memoryTable, TARGETS, writeResults, type BenchReport } from "./report.js";
+import { startRig, type Rig } from "./rig.js";
+import { summarize } from "./stats.js";
+
+const progress = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+function latencyRows(rig: Rig): LatencyRow[] {
+  return [
+    { label: "runc-v2", rt: rig.runcV2, grouping: "pod", note: "new per container" },
+    { label: "cocoon", rt: rig.cocoon, grouping: "pod", note: "new per container" },
+    ...rig.variants.map((v): LatencyRow => ({ label: v.label, rt: v, grouping: "pod", note: "new per container" })),
+    { label: "runc-v2 (warm)", rt: rig.runcV2, grouping: "pod", warmPod: "warm-runc", note: "pod's shim running" },
+    { label: "cocoon node (warm)", rt: rig.cocoon, grouping: "node", warmPod: "warm-node", note: "node daemon running" },
+    ...rig.variants.map((v): LatencyRow => ({ label: `${v.label} node (warm)`, rt: v, grouping: "node", warmPod: `warm-${v.label}`, note: "node daemon running" })),
+  ];
+}
+
+function memoryConfigs(rig: Rig): MemoryConfig[] {
+  return [
+    { label: "runc-v2", rt: rig.runcV2, grouping: "pod" },
+    { label: "cocoon", rt: rig.cocoon, grouping: "pod" },
+    { label: "cocoon", rt: rig.cocoon, grouping: "node" },
+    ...rig.variants.map((v): MemoryConfig => ({ label: v.label, rt: v, grouping: "node" })),
+  ];
+}
+
+function verdict(rep: BenchReport): string[] {
+  const lines: string[] = [];
+  const rows = rep.latency?.rows ?? [];
+  const med = (label: string) => summarize(rows.find((r) => r.label === label)?.samples.ctr ?? []).median;
+  if (rows.length) {
+    const ratio = med("cocoon") / med("runc-v2");
+    lines.push(`start latency: cocoon/runc-v2 median ratio ${ratio.toFixed(2)} (target ≤ ${TARGETS.startRatio})`);
+    const warm = med("cocoon node (warm)") / med("runc-v2 (warm)");
+    lines.push(`start latency, shim already running: cocoon node/runc-v2 ratio ${warm.toFixed(2)}`);
+  }
+  const mem = rep.memory ?? [];
+  const runc = mem.find((m) => m.label === "runc-v2");
+  const node = mem.find((m) => m.label === "cocoon" && m.grouping === "node");
+  if (runc && node) {
+    lines.push(`memory: cocoon node grouping ${(node.perPod.pss / 1024).toFixed(2)} MiB PSS/pod vs runc-v2 ${(runc.perPod.pss / 1024).toFixed(2)} ` +
+      `(ratio ${(node.perPod.pss / runc.perPod.pss).toFixed(2)}, target ≤ ${TARGETS.memoryVsRuncV2}); ` +
+      `if alone on the host ${(node.perPodIsolatedPss / 1024).toFixed(2)} vs ${(runc.perPodIsolatedPss / 1024).toFixed(2)} ` +
+      `(ratio ${(node.perPodIsolatedPss / runc.perPodIsolatedPss).toFixed(2)})`);
+  }
+  return lines;
+}
+
+async function bench(opts: BenchOptions): Promise<BenchReport> {
+  const t0 = Date.now();
+  const startedAt = new Date().toISOString();
+  const machine = await machineFacts();
+  progress(`starting a private containerd (${machine.containerd}); node ${machine.node}, ${machine.nproc} CPUs, load ${machine.loadavg.join(" ")}`);
+  const rig = await startRig(opts.variants);
+  let stopping: Promise<string[]> | undefined;
+  const stop = () => (stopping ??= rig.stop());
+  const onSignal = () => {
+    progress("interrupted; cleaning up");
+    void stop().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  const rep: BenchReport = { startedAt, durationSec: 0, options: opts, machine, loadavgAfter: [], leftovers: [] };
+  try {
+    if (opts.sections.includes("latency")) {
+      progress(`latency: ${opts.warmup} warm-up + ${opts.runs} timed starts per row, interleaved`);
+      rep.latency = await benchLatency(rig, latencyRows(rig), opts.runs, opts.warmup, progress);
+    }
+    if (opts.sections.includes("bootstrap") && opts.bootstrapRuns > 0) {
+      progress(`bootstrap: ${opts.bootstrapRuns} bare 'start' commands per shim`);
+      // The environment containerd gives shims: the repo's launchers first on PATH, the default config.
+      const env = { ...process.env, COCOON_CONFIG: rig.cocoon.configs!.pod, PATH: `${join(repoRoot, "bin")}:${process.env.PATH ?? "/usr/bin:/bin"}` };
+      rep.bootstrap = await benchBootstrap([rig.runcV2, rig.cocoon, ...rig.variants], opts.bootstrapRuns, rig.dir, env);
+    }
+    if (opts.sections.includes("memory")) {
+      progress(`memory: ${opts.pods} pods × ${opts.perPod} containers per configuration`);
+      rep.memory = await benchMemory(rig, memoryConfigs(rig), opts.pods, opts.perPod, opts.settleSec, progress);
+    }
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    rep.leftovers = await stop();
+  }
+  rep.durationSec = Math.round((Date.now() - t0) / 100) / 10;
+  rep.loadavgAfter = (await import("node:os")).loadavg().map((x) => Math.round(x * 100) / 100);
+  return rep;
+}
+
+async function main(): Promise<number> {
+  let opts: BenchOptions;
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(e.message + "\n");
+      return 2;
+    }
+    throw e;
+  }
+  const rep = await bench(opts);
+  const m = rep.machine;
+  const out: string[] = [
+    `Cocoon bench ${rep.startedAt} (${rep.durationSec} s) on ${m.nproc}× ${m.cpuModel}, ${m.memTotalMiB} MiB, kernel ${m.kernel}, cgroup ${m.cgroup}`,
+    `node ${m.node}; ${m.containerd}; ${m.runc}; commit ${m.commit}; launcher: ${m.launcher}`,
+    `load average before ${m.loadavg.join(" ")}, after ${rep.loadavgAfter.join(" ")}`,
+  ];
+  if (rep.latency) out.push("", "Container start latency (ms): ctr run -d … sleep 1000", latencyTable(rep.latency));
+  if (rep.bootstrap) out.push("", "Shim bootstrap alone (ms): '<shim> … start' in a dummy bundle", bootstrapTable(rep.bootstrap));
+  if (rep.memory) out.push("", "Shim daemon memory at density (sum over shim daemons / pods)", memoryTable(rep.memory));
+  out.push("", ...verdict(rep));
+  if (rep.leftovers.length) out.push("", "harness cleaned up leftovers:", ...rep.leftovers.map((l) => `  ${l}`));
+  const paths = writeResults(opts.outDir ?? join(repoRoot, "bench", "results"), rep);
+  out.push("", `results: ${paths.join(", ")}`);
+  process.stdout.write(out.join("\n") + "\n");
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exit(1);
+  },
+);
