@@ -1,7 +1,7 @@
 // The Kubernetes path on one node: containerd's CRI plugin runs pods on Cocoon's `cocoon-runc` handler, driven
 // by our CRI client exactly as kubelet would drive it (RunPodSandbox, CreateContainer, ExecSync, ...).
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -9,8 +9,9 @@ import { CriClient } from "../../src/cli/cri/client.js";
 import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
 import { readContainerLog, removeAllPods, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
 import { ContainerState } from "../../src/gen/cri/runtime/v1/api_pb.js";
-import { startContainerd, type Containerd } from "../helpers/containerd.js";
-import { BUSYBOX_IMAGE, importImage, importPauseImage, INDEX_HTML, PAUSE_IMAGE } from "../helpers/image.js";
+import type { Containerd } from "../helpers/containerd.js";
+import { startCriLab } from "../helpers/cri.js";
+import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { listProcesses } from "../helpers/procfs.js";
 import { repoRoot, run, waitFor } from "../helpers/util.js";
@@ -66,22 +67,7 @@ describe("CRI: pods on the cocoon-runc handler", { timeout: 150_000 }, () => {
   before(async () => {
     host = await snapshotHost();
     cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
-    const cfg = path.join(cfgDir, "cocoon-runc.toml");
-    writeFileSync(cfg, `mode = "runc"\ngrouping = "pod"\n[runc]\nroot = "${cfgDir}/runc"\n`);
-    const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${HANDLER}`;
-    ctrd = await startContainerd({
-      cri: true,
-      cni: true,
-      pathPrepend: [path.join(repoRoot, "bin")],
-      extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cfg}"\n`,
-    });
-    await importPauseImage(ctrd);
-    await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });
-    cri = await CriClient.connect(ctrd.address, { defaultTimeoutMs: 30_000 });
-    // The CRI plugin learns about imported images from containerd's events.
-    for (const image of [PAUSE_IMAGE, BUSYBOX_IMAGE]) {
-      await waitFor(async () => (await cri.imageStatus({ image: { image } })).image, { timeoutMs: 20_000, what: `CRI to list ${image}` });
-    }
+    ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-runc.toml"), `mode = "runc"\ngrouping = "pod"\n[runc]\nroot = "${cfgDir}/runc"\n`));
   });
 
   after(async () => {

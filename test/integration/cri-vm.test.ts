@@ -1,15 +1,16 @@
 // The Kubernetes path in vm mode: containerd's CRI plugin runs pods on the `cocoon` handler, each pod in
 // its own QEMU VM (TCG here), with the pod's CNI network carried into the guest.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { CriClient } from "../../src/cli/cri/client.js";
 import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
 import { readContainerLog, removeAllPods, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
-import { startContainerd, type Containerd } from "../helpers/containerd.js";
-import { BUSYBOX_IMAGE, importImage, importPauseImage, INDEX_HTML, PAUSE_IMAGE } from "../helpers/image.js";
+import type { Containerd } from "../helpers/containerd.js";
+import { qemuPids, startCriLab } from "../helpers/cri.js";
+import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, waitFor } from "../helpers/util.js";
 
@@ -20,16 +21,6 @@ const built = existsSync(manifest);
 const guestRelease: string = built ? JSON.parse(readFileSync(manifest, "utf8")).kernel?.release ?? "" : "";
 const text = (b: Uint8Array) => Buffer.from(b).toString("utf8");
 let seq = 0;
-
-function qemuPids(): number[] {
-  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, "utf8").includes("qemu-system");
-    } catch {
-      return false;
-    }
-  });
-}
 
 describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out not built (run guest/build.sh)", timeout: 420_000 }, () => {
   let host: HostSnapshot;
@@ -55,24 +46,10 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
   before(async () => {
     host = await snapshotHost();
     cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
-    const cfg = path.join(cfgDir, "cocoon-vm.toml");
-    writeFileSync(cfg, [
+    ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), [
       'mode = "vm"', 'grouping = "pod"', "[vm]", `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`,
       `rootfs = "${OUT}/rootfs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
-    ].join("\n"));
-    const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${HANDLER}`;
-    ctrd = await startContainerd({
-      cri: true,
-      cni: true,
-      pathPrepend: [path.join(repoRoot, "bin")],
-      extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cfg}"\n`,
-    });
-    await importPauseImage(ctrd);
-    await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });
-    cri = await CriClient.connect(ctrd.address, { defaultTimeoutMs: 180_000 });
-    for (const image of [PAUSE_IMAGE, BUSYBOX_IMAGE]) {
-      await waitFor(async () => (await cri.imageStatus({ image: { image } })).image, { timeoutMs: 20_000, what: `CRI to list ${image}` });
-    }
+    ].join("\n"), 180_000));
   });
 
   after(async () => {

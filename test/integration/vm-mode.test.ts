@@ -2,7 +2,7 @@
 // VM boots are slow under TCG, so the tests share one long-running pod where they can.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -10,6 +10,7 @@ import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+import { qemuPids } from "../helpers/cri.js";
 
 const OUT = path.join(repoRoot, "guest", "out");
 const manifestPath = path.join(OUT, "manifest.json");
@@ -17,16 +18,6 @@ const built = existsSync(manifestPath) && existsSync(path.join(OUT, "vmlinux"));
 const guestRelease: string = built ? JSON.parse(readFileSync(manifestPath, "utf8")).kernel?.release ?? "" : "";
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
-
-function qemuPids(): number[] {
-  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, "utf8").startsWith("qemu-system");
-    } catch {
-      return false;
-    }
-  });
-}
 
 describe("vm mode through containerd and ctr", { skip: !built && "guest/out not built (run guest/build.sh)", timeout: 600_000 }, () => {
   let host: HostSnapshot;

@@ -1,0 +1,43 @@
+// A private containerd with the CRI plugin, a CNI bridge, the local images, and one Cocoon runtime
+// handler whose Cocoon config is given as TOML text: what every CRI integration test starts from.
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { CriClient } from "../../src/cli/cri/client.js";
+import { startContainerd, type Containerd } from "./containerd.js";
+import { BUSYBOX_IMAGE, importImage, importPauseImage, PAUSE_IMAGE } from "./image.js";
+import { repoRoot, waitFor } from "./util.js";
+
+export interface CriLab {
+  ctrd: Containerd;
+  cri: CriClient;
+}
+
+export async function startCriLab(handler: string, cocoonConfigPath: string, cocoonConfig: string, defaultTimeoutMs = 30_000): Promise<CriLab> {
+  writeFileSync(cocoonConfigPath, cocoonConfig);
+  const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${handler}`;
+  const ctrd = await startContainerd({
+    cri: true,
+    cni: true,
+    pathPrepend: [path.join(repoRoot, "bin")],
+    extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cocoonConfigPath}"\n`,
+  });
+  await importPauseImage(ctrd);
+  await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });
+  const cri = await CriClient.connect(ctrd.address, { defaultTimeoutMs });
+  // The CRI plugin learns about imported images from containerd's events.
+  for (const image of [PAUSE_IMAGE, BUSYBOX_IMAGE]) {
+    await waitFor(async () => (await cri.imageStatus({ image: { image } })).image, { timeoutMs: 20_000, what: `CRI to list ${image}` });
+  }
+  return { ctrd, cri };
+}
+
+/** Pids of QEMU processes on the host (VM tests count them before and after). */
+export function qemuPids(): number[] {
+  return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, "utf8").startsWith("qemu-system");
+    } catch {
+      return false;
+    }
+  });
+}
