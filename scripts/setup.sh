@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   containerd runc crun busybox-static
   qemu-system-x86 containernetworking-plugins iproute2 iptables
-  kmod cpio zstd xz-utils procps util-linux coreutils python3
+  kmod cpio zstd xz-utils binutils procps util-linux bsdutils coreutils python3
 )
 
 missing=()
@@ -38,6 +38,10 @@ npm run --silent build
 
 if [ -x guest/build.sh ]; then
   echo "setup: guest kernel and image"
+  # The guest kernel comes from Debian's archive (downloaded, never installed): apt needs its lists.
+  if ! apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
   bash guest/build.sh
 fi
 
