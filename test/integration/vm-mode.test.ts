@@ -108,6 +108,40 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     assert.match(b.stderr, /guest kernel .*nope\/vmlinux is missing/);
   });
 
+  it("signals reach the container in the guest", async () => {
+    const id = uid("sig");
+    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "trap 'echo got-term; exit 42' TERM; while true; do sleep 1; done"], { timeoutMs: 120_000 });
+    await waitFor(async () => /RUNNING/.test((await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 30_000, what: "running" });
+    await sleep(1000);
+    await ctrd.ctr(["task", "kill", "-s", "SIGTERM", id]);
+    await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/exit") && l.includes(id) && l.includes("exit_status\":42")), { timeoutMs: 30_000, what: "exit 42 after SIGTERM" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+  });
+
+  it("a guest kernel panic ends the pod's tasks and leaves nothing", async () => {
+    const id = uid("panic");
+    await ctrd.ctr(["run", "-d", ...rt, "--privileged", BUSYBOX_IMAGE, id, "sleep", "1000"], { timeoutMs: 180_000 });
+    const state = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", id, "cocoon-state.json"), "utf8"));
+    await ctrd.ctr(["task", "exec", "--exec-id", "crash", id, "sh", "-c", "echo c > /proc/sysrq-trigger"], { allowFail: true, timeoutMs: 60_000 });
+    await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/exit") && l.includes(`"container_id":"${id}"`) && l.includes(`"id":"${id}"`)), { timeoutMs: 30_000, what: "TaskExit after the guest panicked" });
+    await waitFor(() => !existsSync(`/proc/${state.qemuPid}`), { timeoutMs: 10_000, what: "QEMU gone" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+    await waitFor(() => !existsSync(state.runDir), { timeoutMs: 10_000, what: "VM run dir removed" });
+  });
+
+  it("an agent that does not answer in time fails Create with the end of the guest console, and nothing is left", async () => {
+    const slow = path.join(dir, "slow.toml");
+    writeFileSync(slow, readFileSync(cfg, "utf8").replace("boot_timeout_sec = 120", "boot_timeout_sec = 1"));
+    const before = qemuPids().length;
+    const r = await ctrd.ctr(["run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", slow, BUSYBOX_IMAGE, uid("slow"), "true"], { allowFail: true, timeoutMs: 60_000 });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /did not come up/);
+    assert.match(r.stderr, /end of guest console/);
+    await waitFor(() => qemuPids().length === before, { timeoutMs: 10_000, what: "the QEMU of the failed boot to be gone" });
+  });
+
   it("killing QEMU turns into TaskExit for every task of the pod, and nothing is left", async () => {
     const id = uid("victim");
     await ctrd.ctr(["run", "-d", ...rt, BUSYBOX_IMAGE, id, "sleep", "1000"], { timeoutMs: 180_000 });
