@@ -1,6 +1,6 @@
 // The bench's command line: a handful of flags, parsed by hand to stay dependency-free.
 
-export type Section = "latency" | "bootstrap" | "memory";
+export type Section = "latency" | "bootstrap" | "memory" | "vm";
 
 export interface Variant {
   /** Lower-case letters and digits: it becomes part of a runtime name, io.containerd.cocoon<name>.v2. */
@@ -25,6 +25,11 @@ export interface BenchOptions {
   /** Seconds to let shims settle before reading their memory. */
   settleSec: number;
   sections: Section[];
+  /** Timed VM pod starts (each paired with a runc pod start) and VM pods for the memory test. */
+  vmRuns: number;
+  vmPods: number;
+  /** The Cocoon config's vm.accel for the VM section. */
+  vmAccel: "auto" | "kvm" | "tcg";
   variants: Variant[];
   /** Where results go; default bench/results. */
   outDir: string | undefined;
@@ -37,9 +42,13 @@ export const USAGE = `usage: npm run bench -- [options]
   --pods N             pods for the density test (default 10)
   --per-pod N          containers per pod (default 3)
   --settle S           seconds to wait before reading shim memory (default 2)
-  --only latency|bootstrap|memory
+  --vm-runs N          timed VM pod starts through the CRI, each paired with a runc pod (default 5)
+  --vm-pods N          VM pods running at once for the VM memory test (default 3)
+  --vm-accel A         vm.accel of the Cocoon config: auto, kvm or tcg (default auto)
+  --only latency|bootstrap|memory|vm
                        latency = container starts plus the bare 'start' breakdown;
-                       bootstrap = only the bare 'start' breakdown (no containers)
+                       bootstrap = only the bare 'start' breakdown (no containers);
+                       vm = VM pods through the CRI (needs guest/out, from guest/build.sh)
   --variant NAME=FLAGS extra Cocoon row whose launcher runs 'node FLAGS' (repeatable); VAR=value
                        words set the environment, e.g.
                        --variant jitless='--max-semi-space-size=1 --jitless --no-expose-wasm'
@@ -59,7 +68,8 @@ function int(v: string | undefined, flag: string, min: number): number {
 export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     runs: 20, warmup: 2, bootstrapRuns: 15, pods: 10, perPod: 3, settleSec: 2,
-    sections: ["latency", "bootstrap", "memory"], variants: [], outDir: undefined,
+    sections: ["latency", "bootstrap", "memory", "vm"], vmRuns: 5, vmPods: 3, vmAccel: "auto",
+    variants: [], outDir: undefined,
   };
   for (let i = 0; i < argv.length; i++) {
     const raw = argv[i]!;
@@ -73,10 +83,18 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case "--pods": o.pods = int(value(), flag, 1); break;
       case "--per-pod": o.perPod = int(value(), flag, 1); break;
       case "--settle": o.settleSec = int(value(), flag, 0); break;
+      case "--vm-runs": o.vmRuns = int(value(), flag, 1); break;
+      case "--vm-pods": o.vmPods = int(value(), flag, 1); break;
+      case "--vm-accel": {
+        const v = value();
+        if (v !== "auto" && v !== "kvm" && v !== "tcg") throw new UsageError("--vm-accel takes auto, kvm or tcg");
+        o.vmAccel = v;
+        break;
+      }
       case "--out": o.outDir = value(); break;
       case "--only": {
         const v = value();
-        if (v !== "latency" && v !== "memory" && v !== "bootstrap") throw new UsageError("--only takes latency, bootstrap or memory");
+        if (v !== "latency" && v !== "memory" && v !== "bootstrap" && v !== "vm") throw new UsageError("--only takes latency, bootstrap, memory or vm");
         o.sections = v === "latency" ? ["latency", "bootstrap"] : [v];
         break;
       }

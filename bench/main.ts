@@ -7,9 +7,11 @@ import { parseArgs, UsageError, type BenchOptions } from "./cli.js";
 import { benchLatency, type LatencyRow } from "./latency.js";
 import { machineFacts } from "./machine.js";
 import { benchMemory, type MemoryConfig } from "./memory.js";
-import { bootstrapTable, latencyTable, memoryTable, TARGETS, writeResults, type BenchReport } from "./report.js";
+import { bootstrapTable, latencyTable, memoryTable, TARGETS, vmTables, writeResults, type BenchReport } from "./report.js";
 import { startRig, type Rig } from "./rig.js";
 import { summarize } from "./stats.js";
+import { benchVm, VM_PSS_TARGET_MB } from "./vm.js";
+import { startVmRig, vmUnavailable } from "./vmrig.js";
 
 const progress = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 
@@ -52,24 +54,27 @@ function verdict(rep: BenchReport): string[] {
       `if alone on the host ${(node.perPodIsolatedPss / 1024).toFixed(2)} vs ${(runc.perPodIsolatedPss / 1024).toFixed(2)} ` +
       `(ratio ${(node.perPodIsolatedPss / runc.perPodIsolatedPss).toFixed(2)})`);
   }
+  const vm = rep.vm;
+  if (vm && vm.vm.length && vm.runc.length) {
+    const v = summarize(vm.vm.map((x) => x.sample.totalMs)).median;
+    const r = summarize(vm.runc.map((x) => x.totalMs)).median;
+    const guest = summarize(vm.vm.filter((x) => x.breakdown).map((x) => x.breakdown!.guest)).median;
+    lines.push(`vm pod start (accel=${vm.accel}): cocoon VM median ${(v / 1000).toFixed(2)} s vs runc ${(r / 1000).toFixed(2)} s (×${(v / r).toFixed(1)}); guest kernel+init+agent ${(guest / 1000).toFixed(2)} s of it`);
+  }
+  if (vm?.memory) {
+    const m = vm.memory.mean;
+    lines.push(`vm memory: ${((m.pss * 1024) / 1e6).toFixed(1)} MB PSS per VM pod (QEMU ${((m.qemuPss * 1024) / 1e6).toFixed(1)}, shim ${((m.shimPss * 1024) / 1e6).toFixed(1)}; ` +
+      `target ≤ ${VM_PSS_TARGET_MB} MB, Kata+QEMU ~123 MB) with ${vm.memory.guestMemoryMiB} MiB guest RAM configured`);
+  }
   return lines;
 }
 
-async function bench(opts: BenchOptions): Promise<BenchReport> {
-  const t0 = Date.now();
-  const startedAt = new Date().toISOString();
-  const machine = await machineFacts();
-  progress(`starting a private containerd (${machine.containerd}); node ${machine.node}, ${machine.nproc} CPUs, load ${machine.loadavg.join(" ")}`);
+/** The runc-mode sections, in one private containerd without the CRI plugin. */
+async function benchRuncMode(opts: BenchOptions, rep: BenchReport, onStop: (stop: () => Promise<string[]>) => void): Promise<void> {
   const rig = await startRig(opts.variants);
   let stopping: Promise<string[]> | undefined;
   const stop = () => (stopping ??= rig.stop());
-  const onSignal = () => {
-    progress("interrupted; cleaning up");
-    void stop().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  const rep: BenchReport = { startedAt, durationSec: 0, options: opts, machine, loadavgAfter: [], leftovers: [] };
+  onStop(stop);
   try {
     if (opts.sections.includes("latency")) {
       progress(`latency: ${opts.warmup} warm-up + ${opts.runs} timed starts per row, interleaved`);
@@ -86,9 +91,54 @@ async function bench(opts: BenchOptions): Promise<BenchReport> {
       rep.memory = await benchMemory(rig, memoryConfigs(rig), opts.pods, opts.perPod, opts.settleSec, progress);
     }
   } finally {
+    rep.leftovers.push(...(await stop()));
+  }
+}
+
+/** The vm-mode section, in its own private containerd with the CRI plugin and a CNI bridge. */
+async function benchVmMode(opts: BenchOptions, rep: BenchReport, onStop: (stop: () => Promise<string[]>) => void): Promise<void> {
+  progress(`vm: starting a private containerd with the CRI plugin (cocoon handler in vm mode, accel = "${opts.vmAccel}")`);
+  const rig = await startVmRig(opts.vmAccel);
+  let stopping: Promise<string[]> | undefined;
+  const stop = () => (stopping ??= rig.stop());
+  onStop(stop);
+  try {
+    progress(`vm: 1 warm-up + ${opts.vmRuns} timed pod starts per handler (cocoon VM, runc), interleaved`);
+    rep.vm = await benchVm(rig, opts.vmRuns, opts.vmPods, progress);
+  } finally {
+    rep.leftovers.push(...(await stop()));
+  }
+}
+
+async function bench(opts: BenchOptions): Promise<BenchReport> {
+  const t0 = Date.now();
+  const startedAt = new Date().toISOString();
+  const machine = await machineFacts();
+  const rep: BenchReport = { startedAt, durationSec: 0, options: opts, machine, loadavgAfter: [], leftovers: [] };
+  const runcSections = opts.sections.some((s) => s !== "vm");
+  let vm = opts.sections.includes("vm");
+  const why = vm ? vmUnavailable() : undefined;
+  if (why) {
+    rep.vmSkipped = why;
+    progress(`vm: skipped: ${why}`);
+    vm = false;
+  }
+  let stopCurrent: (() => Promise<string[]>) | undefined;
+  const onSignal = () => {
+    progress("interrupted; cleaning up");
+    void (stopCurrent?.() ?? Promise.resolve([])).finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    if (runcSections) {
+      progress(`starting a private containerd (${machine.containerd}); node ${machine.node}, ${machine.nproc} CPUs, load ${machine.loadavg.join(" ")}`);
+      await benchRuncMode(opts, rep, (s) => (stopCurrent = s));
+    }
+    if (vm) await benchVmMode(opts, rep, (s) => (stopCurrent = s));
+  } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    rep.leftovers = await stop();
   }
   rep.durationSec = Math.round((Date.now() - t0) / 100) / 10;
   rep.loadavgAfter = (await import("node:os")).loadavg().map((x) => Math.round(x * 100) / 100);
@@ -116,6 +166,8 @@ async function main(): Promise<number> {
   if (rep.latency) out.push("", "Container start latency (ms): ctr run -d … sleep 1000", latencyTable(rep.latency));
   if (rep.bootstrap) out.push("", "Shim bootstrap alone (ms): '<shim> … start' in a dummy bundle", bootstrapTable(rep.bootstrap));
   if (rep.memory) out.push("", "Shim daemon memory at density (sum over shim daemons / pods)", memoryTable(rep.memory));
+  if (rep.vm) out.push("", "VM pod start through the CRI (ms): RunPodSandbox + CreateContainer + StartContainer until RUNNING, one container (sleep 1000), new pod each run", vmTables(rep.vm));
+  if (rep.vmSkipped) out.push("", `VM section skipped: ${rep.vmSkipped}`);
   out.push("", ...verdict(rep));
   if (rep.leftovers.length) out.push("", "harness cleaned up leftovers:", ...rep.leftovers.map((l) => `  ${l}`));
   const paths = writeResults(opts.outDir ?? join(repoRoot, "bench", "results"), rep);

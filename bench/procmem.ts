@@ -111,3 +111,41 @@ export function threadCount(pid: number): number {
     return 0;
   }
 }
+
+/** One mapping of /proc/<pid>/smaps, sizes in KiB. */
+export interface Mapping {
+  perms: string;
+  /** The path or pseudo-name ("" for anonymous memory). */
+  name: string;
+  size: number;
+  rss: number;
+  pss: number;
+  anon: number;
+}
+
+export function readMappings(pid: number): Mapping[] {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/smaps`, "utf8");
+  } catch {
+    return [];
+  }
+  const out: Mapping[] = [];
+  let cur: Mapping | undefined;
+  for (const line of text.split("\n")) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (header) {
+      cur = { perms: header[1]!, name: header[2] ?? "", size: 0, rss: 0, pss: 0, anon: 0 };
+      out.push(cur);
+      continue;
+    }
+    const field = /^(Size|Rss|Pss|Anonymous):\s+(\d+) kB/.exec(line);
+    if (!cur || !field) continue;
+    const v = Number(field[2]);
+    if (field[1] === "Size") cur.size = v;
+    else if (field[1] === "Rss") cur.rss = v;
+    else if (field[1] === "Pss") cur.pss = v;
+    else cur.anon = v;
+  }
+  return out;
+}

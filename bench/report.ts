@@ -6,6 +6,7 @@ import type { LatencyResult } from "./latency.js";
 import type { MachineFacts } from "./machine.js";
 import type { MemoryResult } from "./memory.js";
 import { round1, summarize, type Summary } from "./stats.js";
+import { VM_PSS_TARGET_MB, type VmBreakdown, type VmResult } from "./vm.js";
 
 export interface BenchReport {
   startedAt: string;
@@ -16,6 +17,9 @@ export interface BenchReport {
   latency?: LatencyResult;
   bootstrap?: BootstrapResult;
   memory?: MemoryResult[];
+  vm?: VmResult;
+  /** Why the VM section did not run, when it was asked for (or defaulted to) but could not. */
+  vmSkipped?: string;
   leftovers: string[];
 }
 
@@ -74,6 +78,75 @@ export function memoryTable(results: MemoryResult[]): string {
     "\n(MiB. 'alone': PSS if no other process on the host mapped the shim's executable; a busy host with other node processes lowers Cocoon's plain PSS.)";
 }
 
+const BREAKDOWN: [keyof VmBreakdown, string][] = [
+  ["beforeVmm", "RunPodSandbox → QEMU spawned (CRI, CNI, shim start)"],
+  ["vmmSpawn", "  QEMU spawn"],
+  ["socketUp", "  spawned → agent socket up"],
+  ["agentAnswer", "  socket up → agent answers"],
+  ["boot", "QEMU spawned → agent ready (boot)"],
+  ["vmmFirmware", "  VMM + firmware ≈ boot − guest uptime"],
+  ["guest", "  guest kernel + init + agent (guest uptime)"],
+  ["kernelInit", "    kernel + /init, until node starts"],
+  ["agentInit", "    node + agent initialisation, until port open"],
+  ["agentFirstAnswer", "    port open → first Health answered"],
+  ["bootToSandboxReady", "VM booted → RunPodSandbox returns"],
+  ["createAndStart", "RunPodSandbox returns → RUNNING (create + start)"],
+  ["containerStart", "container start = total − time to VM booted"],
+];
+
+export function vmTables(r: VmResult): string {
+  const out: string[] = [];
+  const vmS = r.vm.map((x) => x.sample);
+  const rows = [["cocoon (VM)", vmS], ["runc (runc-v2)", r.runc]] as const;
+  const runcMed = summarize(r.runc.map((x) => x.totalMs)).median;
+  out.push(table(["handler", "n", "total med", "p90", "min", "max", "RunPodSandbox med", "Create med", "Start med", "ratio"], rows.map(([label, xs]) => {
+    const t = summarize(xs.map((x) => x.totalMs));
+    return [label, String(t.n), f1(t.median), f1(t.p90), f1(t.min), f1(t.max), f1(summarize(xs.map((x) => x.runPodSandboxMs)).median),
+      f1(summarize(xs.map((x) => x.createContainerMs)).median), f1(summarize(xs.map((x) => x.startContainerMs)).median), f2(t.median / runcMed)];
+  })));
+  const probe = r.kvmProbe ? `; KVM probe (accel = "auto", first pod only, in the warm-up): kvm=${r.kvmProbe.kvm}, ${r.kvmProbe.ms} ms, ${r.kvmProbe.reason}` : "";
+  out.push(`accel=${r.accel}; guest kernel ${r.guestKernel}; ${r.guestMemoryMiB} MiB guest RAM, 1 vCPU; warm-up (untimed): ` +
+    r.warmup.map((w) => `${w.sample.handler} ${f1(w.sample.totalMs)}`).join(", ") + probe);
+  const withB = r.vm.filter((x) => x.breakdown);
+  if (withB.length) {
+    out.push("", "VM pod start breakdown (ms), from the shim's 'VM booted' log line");
+    out.push(table(["phase", "median", "min", "max", ...withB.map((_, i) => `run ${i + 1}`)], [
+      ...BREAKDOWN.map(([k, label]) => {
+        const xs = withB.map((x) => x.breakdown![k] ?? NaN);
+        const s = summarize(xs.filter(Number.isFinite));
+        return [label, f1(s.median), f1(s.min), f1(s.max), ...xs.map(f1)];
+      }),
+      ["total (RunPodSandbox → RUNNING)", f1(summarize(withB.map((x) => x.sample.totalMs)).median), "", "", ...withB.map((x) => f1(x.sample.totalMs))],
+    ]));
+  }
+  const m = r.memory;
+  if (m) {
+    out.push("", `Host memory per VM pod (MiB): shim daemon + its QEMU, ${m.pods} VM pods running, read after ${m.settleSec} s; guest RAM configured ${m.guestMemoryMiB} MiB (the default memory_mib)`);
+    type Row = { shimPss: number; shimUss: number; qemuPss: number; qemuUss: number; qemuRss: number; guestRamRss: number; tcgCodeRss: number; qemuOtherAnonPss: number; qemuPssFile: number; pss: number; uss: number };
+    const row = (label: string, p: Row) => [label, mib(p.shimPss), mib(p.shimUss), mib(p.qemuPss), mib(p.qemuUss), mib(p.qemuRss),
+      mib(p.guestRamRss), mib(p.tcgCodeRss), mib(p.qemuOtherAnonPss), mib(p.qemuPssFile), mib(p.pss), mib(p.uss)];
+    out.push(table(["pod", "shim PSS", "shim USS", "QEMU PSS", "QEMU USS", "QEMU RSS", "guest RAM RSS", "TCG code RSS", "QEMU other anon", "QEMU files", "PSS/pod", "USS/pod"], [
+      ...m.perPod.map((p, i) => row(`pod ${i + 1} (shim ${p.shimPid}, qemu ${p.qemuPid})`, {
+        shimPss: p.shim.pss, shimUss: p.shim.uss, qemuPss: p.qemu.pss, qemuUss: p.qemu.uss, qemuRss: p.qemu.rss, guestRamRss: p.qemuParts.guestRam.rss,
+        tcgCodeRss: p.qemuParts.tcgCode.rss, qemuOtherAnonPss: p.qemuParts.otherAnonPss, qemuPssFile: p.qemu.pssFile, pss: p.pss, uss: p.uss,
+      })),
+      row("mean", m.mean),
+    ]));
+    out.push("(guest RAM RSS: guest pages touched since boot, of the configured size; TCG code: QEMU's translation cache; other anon and files are PSS)");
+    const p1 = m.perPod[0];
+    if (p1?.qemuParts.topFiles.length) out.push(`QEMU's largest files (pod 1, RSS/PSS): ${p1.qemuParts.topFiles.map((f) => `${f.name} ${mib(f.rss)}/${mib(f.pss)}`).join(", ")}`);
+    const others = m.perPod.flatMap((p) => p.others);
+    if (others.length) out.push(`(also counted, other processes under the shims: ${others.map((o) => `${o.pid} ${o.cmd.slice(0, 60)}`).join("; ")})`);
+    const g = m.guestMeminfo;
+    if (g) out.push(`guest's own view (pod 1, /proc/meminfo): MemTotal ${mib(g["MemTotal"] ?? NaN)}, MemFree ${mib(g["MemFree"] ?? NaN)}, ` +
+      `used ${mib((g["MemTotal"] ?? NaN) - (g["MemFree"] ?? NaN))}, Cached ${mib(g["Cached"] ?? NaN)}, Shmem ${mib(g["Shmem"] ?? NaN)}`);
+    const mb = (m.mean.pss * 1024) / 1e6;
+    out.push(`PSS per VM pod ${mb.toFixed(1)} MB (target ≤ ${VM_PSS_TARGET_MB} MB; Kata with QEMU is ~123 MB)`);
+  }
+  if (r.errors.length) out.push("", "errors:", ...r.errors.map((e) => `  ${e}`));
+  return out.join("\n");
+}
+
 /** The JSON form: raw samples plus their summaries, rounded to 0.1 ms. */
 export function toJson(rep: BenchReport): unknown {
   const sum = (xs: number[]): Summary & { samples: number[] } => {
@@ -95,6 +168,14 @@ export function toJson(rep: BenchReport): unknown {
     bootstrap: rep.bootstrap && {
       runtimes: Object.fromEntries(Object.entries(rep.bootstrap.runtimes).map(([k, v]) => [k, { start: sum(v.start), ready: sum(v.ready) }])),
       baselines: Object.fromEntries(Object.entries(rep.bootstrap.baselines).map(([k, v]) => [k, sum(v)])),
+    },
+    vm: rep.vm && {
+      ...rep.vm,
+      summary: {
+        vmTotal: sum(rep.vm.vm.map((x) => x.sample.totalMs)),
+        runcTotal: sum(rep.vm.runc.map((x) => x.totalMs)),
+        breakdown: Object.fromEntries(BREAKDOWN.map(([k]) => [k, sum(rep.vm!.vm.flatMap((x) => (x.breakdown?.[k] === undefined ? [] : [x.breakdown[k]!])))])),
+      },
     },
     memoryUnit: "KiB",
   };
