@@ -31,6 +31,8 @@ export interface VmConfig {
   bootTimeoutSec: number;
   kernelParams: string;
   sharedFs: "9p" | "virtio-fs";
+  /** TCG translated-code cache per VM, MiB (0 = QEMU's default, which is far larger). */
+  tcgCacheMiB: number;
   /** Per-sandbox run directories (sockets, console logs, shared dirs) and the KVM probe cache. */
   stateDir: string;
 }
@@ -65,6 +67,7 @@ export function defaultConfig(): CocoonConfig {
       kernelParams: "",
       sharedFs: "9p",
       stateDir: "/run/cocoon/vm",
+      tcgCacheMiB: 64,
     },
     source: "",
   };
@@ -115,7 +118,7 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     criuPath: pick(runc, "criu_path", "string", where, cfg.runc.criuPath),
   };
   const vm = (doc["vm"] ?? {}) as Table;
-  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir"], where, "vm.");
+  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir", "tcg_cache_mib"], where, "vm.");
   cfg.vm = {
     qemu: pick(vm, "qemu", "string", where, cfg.vm.qemu),
     kernel: pick(vm, "kernel", "string", where, cfg.vm.kernel),
@@ -128,6 +131,7 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     kernelParams: pick(vm, "kernel_params", "string", where, cfg.vm.kernelParams),
     sharedFs: oneOf(pick(vm, "shared_fs", "string", where, cfg.vm.sharedFs), ["9p", "virtio-fs"] as const, "vm.shared_fs", where),
     stateDir: pick(vm, "state_dir", "string", where, cfg.vm.stateDir),
+    tcgCacheMiB: pick(vm, "tcg_cache_mib", "number", where, cfg.vm.tcgCacheMiB),
   };
   if (!Number.isInteger(cfg.vm.vcpus) || cfg.vm.vcpus < 1) throw invalidArgument(`config ${where}: vm.vcpus must be a positive integer`);
   if (!Number.isInteger(cfg.vm.memoryMiB) || cfg.vm.memoryMiB < 64) throw invalidArgument(`config ${where}: vm.memory_mib must be an integer >= 64`);

@@ -13,6 +13,8 @@ export interface VmSpec {
   vcpus: number;
   memoryMiB: number;
   accel: "kvm" | "tcg";
+  /** TCG translation cache size in MiB (0 = QEMU's default). */
+  tcgCacheMiB: number;
   kernelParams: string;
   /** Network namespace to run the VMM in, and the tap device in it to attach. */
   netns?: string;

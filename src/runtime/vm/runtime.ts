@@ -202,7 +202,7 @@ export class VmRuntime implements Runtime {
       const t0 = Date.now();
       vm = await this.hypervisor.start({
         runDir, kernel: vmCfg.kernel, initrd: vmCfg.initrd, rootfs: vmCfg.rootfs && existsSync(vmCfg.rootfs) ? vmCfg.rootfs : "",
-        sharedDir, vcpus: size.vcpus, memoryMiB: size.memoryMiB, accel, kernelParams: vmCfg.kernelParams,
+        sharedDir, vcpus: size.vcpus, memoryMiB: size.memoryMiB, accel, tcgCacheMiB: vmCfg.tcgCacheMiB, kernelParams: vmCfg.kernelParams,
         netns: net?.netns ?? (netnsPath || undefined), tap: net ? { name: net.tap, mac: net.iface.mac } : undefined,
       });
       const tSpawned = Date.now();
