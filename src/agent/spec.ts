@@ -68,6 +68,9 @@ export function guestSpec(specJson: Uint8Array | string, containerId: string, te
       }
       return true;
     });
+    // The guest is cgroup v2: like containerd on v2 hosts, give each container its own cgroup
+    // namespace so /sys/fs/cgroup shows its own limits (memory.max …), not the VM's root.
+    if (!kept.some((ns) => isObject(ns) && ns["type"] === "cgroup")) kept.push({ type: "cgroup" });
     linux["namespaces"] = kept;
   }
   delete linux["mountLabel"];

@@ -65,7 +65,7 @@ describe("guestSpec", () => {
     const { spec, netSysctls, notes } = guestSpec(JSON.stringify(hostSpec), "c1", true);
     const s = spec as any;
     assert.equal(s.linux.cgroupsPath, "/cocoon/c1");
-    assert.deepEqual(s.linux.namespaces, [{ type: "pid" }, { type: "mount" }]);
+    assert.deepEqual(s.linux.namespaces, [{ type: "pid" }, { type: "mount" }, { type: "cgroup" }]);
     assert.equal(s.process.terminal, true);
     assert.equal(s.process.apparmorProfile, undefined);
     assert.equal(s.process.selinuxLabel, undefined);

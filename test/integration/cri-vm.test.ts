@@ -28,12 +28,12 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
   let cri: CriClient;
   let cfgDir: string;
 
-  async function runPod(name: string, containers: Array<{ name: string; script: string; mounts?: Array<{ hostPath: string; containerPath: string; readOnly?: boolean }> }>, o: { hostNetwork?: boolean } = {}): Promise<RunningPod> {
+  async function runPod(name: string, containers: Array<{ name: string; script: string; mounts?: Array<{ hostPath: string; containerPath: string; readOnly?: boolean }>; memoryLimitBytes?: number }>, o: { hostNetwork?: boolean } = {}): Promise<RunningPod> {
     const spec = validatePodSpec({
       name: `${name}-${process.pid}-${++seq}`,
       runtimeHandler: HANDLER,
       hostNetwork: !!o.hostNetwork,
-      containers: containers.map((c) => ({ name: c.name, image: BUSYBOX_IMAGE, command: ["sh", "-c", c.script], mounts: c.mounts })),
+      containers: containers.map((c) => ({ name: c.name, image: BUSYBOX_IMAGE, command: ["sh", "-c", c.script], mounts: c.mounts, ...(c.memoryLimitBytes ? { resources: { memoryLimitBytes: c.memoryLimitBytes } } : {}) })),
     });
     return startPod(cri, toCriConfigs(spec, { logRoot: path.join(ctrd.dir, "pods") }), { timeoutMs: 180_000 });
   }
@@ -69,16 +69,17 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
     const qemuBefore = qemuPids().length;
     const web = await runPod("web", [
       { name: "httpd", script: "echo serving; exec httpd -f -p 8080 -h /var/www" },
-      { name: "quitter", script: "uname -r; cat /data/f; echo x > /data/g || echo read-only; exit 7", mounts: [{ hostPath: vol, containerPath: "/data", readOnly: true }] },
+      { name: "quitter", script: "uname -r; cat /data/f; echo x > /data/g || echo read-only; cat /sys/fs/cgroup/memory.max; exit 7", mounts: [{ hostPath: vol, containerPath: "/data", readOnly: true }], memoryLimitBytes: 48 << 20 },
     ]);
     try {
       assert.equal(qemuPids().length, qemuBefore + 1, "one QEMU for the whole pod");
       const [httpd, quitter] = web.containers;
       const failed = await waitForExit(cri, quitter!.id, 60_000);
       assert.equal(failed.exitCode, 7);
-      await waitFor(() => readContainerLog(quitter!.logPath).length >= 3, { timeoutMs: 20_000, what: "quitter's log" });
+      await waitFor(() => readContainerLog(quitter!.logPath).length >= 4, { timeoutMs: 20_000, what: "quitter's log" });
       const lines = readContainerLog(quitter!.logPath).map((l) => `${l.stream}:${l.text}`);
-      assert.deepEqual(lines.filter((l) => l.startsWith("stdout:")), [`stdout:${guestRelease}`, "stdout:from-host", "stdout:read-only"]);
+      // The pod's memory limit is applied in the guest and visible in the container's own cgroup.
+      assert.deepEqual(lines.filter((l) => l.startsWith("stdout:")), [`stdout:${guestRelease}`, "stdout:from-host", "stdout:read-only", `stdout:${48 << 20}`]);
       assert.equal(existsSync(path.join(vol, "g")), false);
       await waitFor(() => readContainerLog(httpd!.logPath).some((l) => l.text === "serving"), { timeoutMs: 20_000, what: "httpd's log" });
 
