@@ -4,6 +4,7 @@ import { closeSync, mkdirSync, readFileSync, readSync, renameSync, unlinkSync, w
 import type { Sys } from "../sys/types.js";
 import path from "node:path";
 import { readBootstrapParams, writeBootstrapResult } from "./options-wire.js";
+import { fastStartKey, rememberStart } from "./fast-start.js";
 import { canConnect, socketPath, toAddress } from "./address.js";
 import { spawnChild } from "../sys/children.js";
 import type { CocoonConfig } from "./config.js";
@@ -130,11 +131,17 @@ export interface StartResult {
  */
 export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: string[]): Promise<StartResult> {
   const bundle = process.cwd();
-  const input = parseStartInput(readStdin(), flags);
+  const stdin = readStdin();
+  const input = parseStartInput(stdin, flags);
   const opts: RuntimeOptions = input.options;
   const cfg = resolveConfig(opts);
-  const sock = daemonSocket(flags, cfg, readAnnotations(bundle), input.socketDir);
+  const annotations = readAnnotations(bundle);
+  const sock = daemonSocket(flags, cfg, annotations, input.socketDir);
   const address = toAddress(sock);
+  // The launcher's fast path only speaks containerd 1.6's plain-address reply. With node grouping
+  // the address does not depend on the container, so the memo's group is empty.
+  const memoGroup = cfg.grouping === "node" ? "" : groupOf(annotations, flags.id);
+  if (input.protocol === "legacy") rememberStart(fastStartKey(flags.address, flags.namespace, memoGroup, stdin), address);
   mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
   for (let attempt = 0; attempt < 3; attempt++) {
     const fd = listen(sys, sock);

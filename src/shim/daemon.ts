@@ -10,6 +10,7 @@ import { readShimEnv } from "./flags.js";
 import { Logger } from "./log.js";
 import { resolveConfig } from "./options.js";
 import { decodeOptionsEnv } from "./bootstrap.js";
+import { forgetDaemon, recordDaemon } from "./fast-start.js";
 import { Publisher } from "./publisher.js";
 import { Reaper } from "../sys/reaper.js";
 import type { Runtime, RuntimeContext } from "./runtime.js";
@@ -66,6 +67,7 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
     publisher.close();
     reaper.stop();
     if (socket) {
+      forgetDaemon(socket);
       try {
         unlinkSync(socket);
       } catch {}
@@ -91,5 +93,6 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
     listener.listen({ fd: 3 }, () => resolve());
   });
   server.serve(listener);
+  if (socket) recordDaemon(socket);
   log.info("shim serving", { pid: process.pid, mode: cfg.mode, grouping: cfg.grouping, socket, config: cfg.source || "(defaults)" });
 }

@@ -1,0 +1,58 @@
+// A memo that lets the launcher script answer `start` without starting Node when the container's
+// daemon already runs (the second and later containers of a pod, every container with node
+// grouping): Node's own start-up costs more than runc-v2's whole `start`. The Node path records
+// "these inputs led to this address" and each daemon records its pid; the launcher recomputes the
+// same key with sha256sum and trusts the memo only while that daemon is alive and owns the socket.
+import { createHash } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+
+export const RUN_DIR = process.env["COCOON_RUN_DIR"] || "/run/cocoon";
+
+/** sha256 of "<address>\n<namespace>\n<group>\n" followed by the raw `start` stdin (the options). */
+export function fastStartKey(address: string, namespace: string, group: string, stdin: Uint8Array): string {
+  return createHash("sha256").update(`${address}\n${namespace}\n${group}\n`).update(stdin).digest("hex");
+}
+
+function writeAtomic(file: string, text: string) {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}`;
+  writeFileSync(tmp, text, { mode: 0o600 });
+  renameSync(tmp, file);
+}
+
+export function rememberStart(key: string, address: string) {
+  try {
+    writeAtomic(path.join(RUN_DIR, "start-cache", key), address);
+  } catch {
+    // Only an optimisation: the next start takes the Node path again.
+  }
+}
+
+export function daemonPidFile(socket: string): string {
+  return path.join(RUN_DIR, "daemons", path.basename(socket));
+}
+
+export function recordDaemon(socket: string) {
+  try {
+    writeAtomic(daemonPidFile(socket), String(process.pid));
+  } catch {}
+}
+
+/** On exit: no memo may point at this daemon any more. */
+export function forgetDaemon(socket: string) {
+  rmSync(daemonPidFile(socket), { force: true });
+  const dir = path.join(RUN_DIR, "start-cache");
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  const address = `unix://${socket}`;
+  for (const n of names) {
+    try {
+      if (readFileSync(path.join(dir, n), "utf8") === address) rmSync(path.join(dir, n), { force: true });
+    } catch {}
+  }
+}
