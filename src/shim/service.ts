@@ -11,7 +11,7 @@ import {
 } from "../gen/containerd/task/v2/shim_pb.js";
 import { ProcessDetailsSchema } from "../gen/containerd/runc/options/oci_pb.js";
 import { toBinary } from "@bufbuild/protobuf";
-import type { TtrpcServer } from "../ttrpc/index.js";
+import type { ServiceImpl, TtrpcServer } from "../ttrpc/index.js";
 import { invalidArgument, failedPrecondition } from "./errors.js";
 import { decodeOptions } from "./options.js";
 import type { OciSpec, ProcessRef } from "./runtime.js";
@@ -80,8 +80,8 @@ export interface ServiceOptions {
 
 export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
   const { tasks } = o;
-  const impl = {
-    async create(req: any) {
+  const impl: ServiceImpl<typeof Task> = {
+    async create(req) {
       if (!req.id) throw invalidArgument("create: missing container id");
       if (!req.bundle || !path.isAbsolute(req.bundle)) throw invalidArgument(`create: bundle must be an absolute path, got "${req.bundle}"`);
       let runcOverrides = {};
@@ -98,7 +98,7 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
         id: req.id,
         namespace: namespaceFromBundle(req.bundle, o.namespace),
         bundle: req.bundle,
-        rootfs: req.rootfs.map((m: any) => ({ type: m.type, source: m.source, target: m.target, options: [...m.options] })),
+        rootfs: req.rootfs.map((m) => ({ type: m.type, source: m.source, target: m.target, options: [...m.options] })),
         stdio: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
         checkpoint: req.checkpoint,
         spec,
@@ -106,15 +106,15 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
       });
       return create(CreateTaskResponseSchema, { pid });
     },
-    async start(req: any) {
+    async start(req) {
       const { pid } = await tasks.start(ref(req.id, req.execId));
       return create(StartResponseSchema, { pid });
     },
-    async delete(req: any) {
+    async delete(req) {
       const r = await tasks.delete(ref(req.id, req.execId));
       return create(DeleteResponseSchema, { pid: r.pid, exitStatus: r.exitStatus, exitedAt: exitedAtOrZero(r.exitedAt) });
     },
-    async exec(req: any) {
+    async exec(req) {
       if (!req.execId) throw invalidArgument("exec: missing exec id");
       if (!req.spec) throw invalidArgument("exec: missing process spec");
       const proc = parseJsonAny(req.spec.typeUrl, OCI_PROCESS, req.spec.value, "exec spec");
@@ -126,7 +126,7 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
       });
       return create(EmptySchema);
     },
-    async state(req: any) {
+    async state(req) {
       const s = tasks.state(ref(req.id, req.execId));
       return create(StateResponseSchema, {
         id: s.id,
@@ -141,15 +141,15 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
         exitedAt: exitedAtOrZero(s.exitedAt),
       });
     },
-    async kill(req: any) {
+    async kill(req) {
       await tasks.kill(ref(req.id, req.execId), req.signal, req.all);
       return create(EmptySchema);
     },
-    async wait(req: any) {
+    async wait(req) {
       const e = await tasks.wait(ref(req.id, req.execId));
       return create(WaitResponseSchema, { exitStatus: e.status, exitedAt: timestampFromDate(e.at) });
     },
-    async pids(req: any) {
+    async pids(req) {
       const list = await tasks.pids(req.id);
       return create(PidsResponseSchema, {
         processes: list.map((p) => ({
@@ -160,41 +160,41 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
         })),
       });
     },
-    async pause(req: any) {
+    async pause(req) {
       await tasks.pause(req.id);
       return create(EmptySchema);
     },
-    async resume(req: any) {
+    async resume(req) {
       await tasks.resume(req.id);
       return create(EmptySchema);
     },
-    async checkpoint(req: any) {
+    async checkpoint(req) {
       const opts = req.options?.value?.length ? { typeUrl: req.options.typeUrl, value: req.options.value } : {};
       await tasks.checkpoint(req.id, req.path, opts);
       return create(EmptySchema);
     },
-    async update(req: any) {
+    async update(req) {
       if (!req.resources) throw invalidArgument("update: missing resources");
       const res = parseJsonAny(req.resources.typeUrl, OCI_RESOURCES, req.resources.value, "update resources");
       await tasks.update(req.id, res);
       return create(EmptySchema);
     },
-    async stats(req: any) {
+    async stats(req) {
       const s = await tasks.stats(req.id);
       return create(StatsResponseSchema, { stats: { typeUrl: s.typeUrl, value: s.value } });
     },
-    async resizePty(req: any) {
+    async resizePty(req) {
       await tasks.resizePty(ref(req.id, req.execId), req.width, req.height);
       return create(EmptySchema);
     },
-    async closeIO(req: any) {
+    async closeIO(req) {
       await tasks.closeIO(ref(req.id, req.execId), req.stdin);
       return create(EmptySchema);
     },
-    async connect(req: any) {
+    async connect(req) {
       return create(ConnectResponseSchema, { shimPid: process.pid, taskPid: tasks.initPid(req.id), version: "cocoon" });
     },
-    async shutdown(req: any) {
+    async shutdown(req) {
       if (req.now || tasks.size === 0) {
         o.log.info("shutdown: no task left, exiting");
         setImmediate(o.exit);
@@ -202,6 +202,6 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
       return create(EmptySchema);
     },
   };
-  server.registerService(TASK_SERVICE_V2, Task, impl as any);
-  server.registerService(TASK_SERVICE_V3, Task, impl as any);
+  server.registerService(TASK_SERVICE_V2, Task, impl);
+  server.registerService(TASK_SERVICE_V3, Task, impl);
 }
