@@ -82,6 +82,8 @@ export class Publisher implements EventSink {
 
   private async send(ev: Pending) {
     if (this.opts.ttrpcAddress) {
+      // containerd restarted since the last event: dial the new one now rather than fail once first.
+      if (this.client?.closed) this.client = undefined;
       this.client ??= await TtrpcClient.connect(this.opts.ttrpcAddress);
       const req = create(ForwardRequestSchema, {
         envelope: {
