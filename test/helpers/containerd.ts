@@ -1,10 +1,10 @@
 // A private containerd for integration tests: its own root, state and sockets under a temp dir, torn down
 // completely by stop(). It never uses /run/containerd or /var/lib/containerd, except that shims (runc's and
 // ours) put their sockets in the hard-coded /run/containerd/s/, which stop() cleans up after.
+import { canConnect } from "../../src/shim/address.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir as osTmpdir } from "node:os";
 import { basename, join, posix } from "node:path";
 import type { CniNetwork } from "../../src/cli/lab/cni.js";
@@ -146,16 +146,6 @@ function buildConfig(l: Layout, opts: StartOptions): string {
   return renderContainerdConfig(cfg, opts.extraConfig);
 }
 
-function canConnect(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 
 /** The socket name shims derive from containerd's address, the namespace and the container (or group) id. */
 export function shimSocketPath(address: string, namespace: string, id: string): string {
@@ -420,7 +410,7 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
       }
       // The CRI service answers only once it has finished initialising, just after it logs this line.
       const criReady = !opts.cri || log().includes("msg=\"Start streaming server\"");
-      if (criReady && isSocket(layout.address) && isSocket(layout.ttrpcAddress) && (await canConnect(layout.address))) break;
+      if (criReady && isSocket(layout.address) && isSocket(layout.ttrpcAddress) && (await canConnect(layout.address, 1000))) break;
       if (Date.now() > deadline) {
         failure = `containerd did not become ready on ${layout.address} within ${timeoutMs} ms`;
         break;

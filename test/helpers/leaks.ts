@@ -1,5 +1,5 @@
 // Compares host state before and after a test to find what the runtime under test left behind.
-import { connect } from "node:net";
+import { canConnect } from "../../src/shim/address.js";
 import { readdirSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
 import { HARNESS_DIR_PREFIX, liveContainerdPids, ownHarnessDirs, SHIM_SOCKET_DIR, type Containerd } from "./containerd.js";
@@ -166,19 +166,6 @@ export async function snapshotHost(opts: SnapshotOptions = {}): Promise<HostSnap
   return { allProcesses: new Set(procs.map(processKey)), ...rest, watchDirs };
 }
 
-function listening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect(path);
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), 200);
-    sock.once("connect", () => done(true));
-    sock.once("error", () => done(false));
-  });
-}
 
 /** Returns descriptions of everything present now that was not in `before`. */
 export async function findLeaks(before: HostSnapshot): Promise<string[]> {
@@ -196,7 +183,7 @@ export async function findLeaks(before: HostSnapshot): Promise<string[]> {
   for (const s of now.shimSockets) {
     // A socket someone still listens on belongs to a live shim: if that shim is ours, the process
     // check above reports it; otherwise it is another run's. Only a dead socket file is a leak.
-    if (!before.shimSockets.has(s) && !(await listening(join(SHIM_SOCKET_DIR, s)))) leaks.push(`shim socket ${join(SHIM_SOCKET_DIR, s)}`);
+    if (!before.shimSockets.has(s) && !(await canConnect(join(SHIM_SOCKET_DIR, s), 200))) leaks.push(`shim socket ${join(SHIM_SOCKET_DIR, s)}`);
   }
   for (const n of now.netns) if (!before.netns.has(n)) leaks.push(`network namespace ${n}`);
   for (const t of now.taps) if (!before.taps.has(t)) leaks.push(`tap device ${t}`);

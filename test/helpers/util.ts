@@ -1,26 +1,14 @@
 // Small building blocks shared by the integration-test helpers.
+import { findSourceRoot } from "../../src/cli/install/layout.js";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { constants, tmpdir as osTmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** Walks up from this file until it finds the project's package.json (works from test/ and dist/js/test/). */
+/** The project root above this file (works from test/ and dist/js/test/): the installer's own lookup. */
 function findRepoRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, "package.json");
-    if (existsSync(pkg)) {
-      try {
-        if (JSON.parse(readFileSync(pkg, "utf8")).name === "cocoon") return dir;
-      } catch {
-        // not ours; keep walking
-      }
-    }
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error("cannot find the cocoon repository root above " + fileURLToPath(import.meta.url));
-    dir = parent;
-  }
+  return findSourceRoot(fileURLToPath(import.meta.url));
 }
 
 export const repoRoot: string = findRepoRoot();

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { openSync, closeSync } from "node:fs";
-import net from "node:net";
+import { canConnect } from "../../src/shim/address.js";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { startContainerd, type Containerd } from "../helpers/containerd.js";
@@ -14,16 +14,6 @@ import { listProcesses } from "../helpers/procfs.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
 
-function answers(sock: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(sock);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 
 describe("containerd killed and restarted under running Cocoon containers", { timeout: 120_000 }, () => {
   let host: HostSnapshot;
@@ -50,13 +40,13 @@ describe("containerd killed and restarted under running Cocoon containers", { ti
     await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
     const pidBefore = (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id))!.split(/\s+/)[1];
     process.kill(ctrd.pid, "SIGKILL");
-    await waitFor(async () => !(await answers(ctrd.address)), { timeoutMs: 10_000, what: "containerd gone" });
+    await waitFor(async () => !(await canConnect(ctrd.address, 1000)), { timeoutMs: 10_000, what: "containerd gone" });
     await sleep(500);
     // The same config, root and state: containerd finds the bundle and dials the address file.
     const log = openSync(path.join(ctrd.dir, "containerd-2.log"), "a");
     second = spawn("containerd", ["--config", ctrd.configPath], { stdio: ["ignore", log, log], env: { ...process.env, PATH: `${path.join(repoRoot, "bin")}:${process.env["PATH"]}` } });
     closeSync(log);
-    await waitFor(() => answers(ctrd.address), { timeoutMs: 15_000, what: "containerd back" });
+    await waitFor(() => canConnect(ctrd.address, 1000), { timeoutMs: 15_000, what: "containerd back" });
     await waitFor(async () => /RUNNING/.test((await ctrd.ctr(["task", "ls"], { allowFail: true })).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 15_000, what: "task re-attached" });
     const pidAfter = (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id))!.split(/\s+/)[1];
     assert.equal(pidAfter, pidBefore, "the same container process kept running");

@@ -2,9 +2,9 @@
 // sockets in one temp dir (never /run/containerd or /var/lib/containerd), a private CNI bridge, local
 // busybox/pause images, and Cocoon's runtime handlers pointing at this checkout's shim. stop() takes it all
 // down again, by force where a clean shutdown did not finish.
+import { canConnect } from "../../shim/address.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseToml, stringify as stringifyToml } from "smol-toml";
@@ -107,16 +107,6 @@ function isSocket(path: string): boolean {
   }
 }
 
-function canConnect(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-}
 
 function listDir(dir: string): string[] {
   try {
@@ -206,7 +196,7 @@ async function removeInstance(dir: string, network: CniNetwork | undefined, shim
     for (const r of await removeCniNetwork(network)) if (!r.startsWith(`bridge ${network.bridge}`) || r.includes("failed")) forced.push(r);
   }
   for (const sock of new Set(shimSockets)) {
-    if (!existsSync(sock) || (await canConnect(sock))) continue;
+    if (!existsSync(sock) || (await canConnect(sock, 1000))) continue;
     forced.push(`shim socket ${sock}`);
     try {
       unlinkSync(sock);
@@ -387,7 +377,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
       if (spawnError) throw new Error(`cannot run ${CONTAINERD_BIN}: ${spawnError.message}`);
       if (!running()) throw new Error(`containerd exited (${c.exitCode ?? c.signalCode}) while starting; its log ends with:\n${logTail()}`);
       // The CRI service takes requests once it logs this, just after it finished initialising.
-      if (readLog().includes('msg="Start streaming server"') && isSocket(paths.address) && (await canConnect(paths.address))) break;
+      if (readLog().includes('msg="Start streaming server"') && isSocket(paths.address) && (await canConnect(paths.address, 1000))) break;
       if (Date.now() > deadline) throw new Error(`containerd did not come up within ${timeoutMs} ms; its log ends with:\n${logTail()}`);
       await delay(50, o.signal);
     }
