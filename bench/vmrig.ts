@@ -41,7 +41,7 @@ function qemuPids(): number[] {
 /** Why the VM section cannot run here, or undefined when it can. */
 export function vmUnavailable(): string | undefined {
   if (!existsSync(GUEST_MANIFEST)) return `${GUEST_MANIFEST} not found (build the guest with guest/build.sh)`;
-  for (const f of ["vmlinux", "initramfs-9p.cpio.zst"]) if (!existsSync(join(GUEST_DIR, f))) return `${join(GUEST_DIR, f)} missing (rebuild with guest/build.sh)`;
+  for (const f of ["vmlinux", "initramfs-9p.cpio.zst", "rootfs.erofs"]) if (!existsSync(join(GUEST_DIR, f))) return `${join(GUEST_DIR, f)} missing (rebuild with guest/build.sh)`;
   return undefined;
 }
 
@@ -50,7 +50,7 @@ export async function startVmRig(accel: "auto" | "kvm" | "tcg"): Promise<VmRig> 
   const cfg = join(dir, "cocoon-vm.toml");
   writeFileSync(cfg, [
     'mode = "vm"', 'grouping = "pod"', 'log_level = "info"', "[vm]",
-    `kernel = "${GUEST_DIR}/vmlinux"`, `initrd = "${GUEST_DIR}/initramfs-9p.cpio.zst"`, `rootfs = "${GUEST_DIR}/rootfs"`,
+    `kernel = "${GUEST_DIR}/vmlinux"`, `initrd = "${GUEST_DIR}/initramfs-9p.cpio.zst"`, `rootfs = "${GUEST_DIR}/rootfs.erofs"`,
     `accel = "${accel}"`, `memory_mib = ${VM_MEMORY_MIB}`, "boot_timeout_sec = 150", `state_dir = "${dir}/vm"`, "",
   ].join("\n"));
   const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${VM_HANDLER}`;

@@ -6,6 +6,10 @@
 #   initramfs.cpio.zst   busybox-static + crun + node (+ libraries) + virtio/9p modules + /init + agent
 #   initramfs-9p.cpio.zst the same minus node/crun/libraries: it mounts the rootfs/ share as "/"
 #   rootfs/              the full tree, for the 9p-root variant (share it read-only, tag cocoon-root)
+#   rootfs.erofs         the same tree as an uncompressed EROFS image (4 KiB blocks, padded to 2 MiB):
+#                        attached as virtio-pmem and mounted with DAX, so the guest runs node and crun
+#                        straight from the host's page cache, shared by every VM, instead of copying
+#                        them into its own RAM as it does over 9p (see README.md, "memory")
 #   modules-list.txt     the kernel modules shipped, in load order
 #   kernel-config        the kernel's own config, to look up what is built in
 #   manifest.json        package versions, module list, sizes and sha256 of every output
@@ -44,8 +48,11 @@ COMPRESS=${COCOON_GUEST_COMPRESS:-zstd}
 KERNEL_META=linux-image-amd64
 # Loaded in this order's dependency closure; everything else the guest needs is built in
 # (see README.md for the CONFIG_ facts behind this list).
+# crc32c_generic comes before erofs: libcrc32c (erofs needs it) asks the crypto API for crc32c when
+# it loads, and without modprobe in the guest nothing would load the algorithm on demand.
 MODULES=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk virtio_rng
-  9pnet_virtio 9p overlay vmw_vsock_virtio_transport)
+  9pnet_virtio 9p overlay vmw_vsock_virtio_transport
+  virtio_pmem nd_pmem crc32c_generic erofs)
 EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
 
 log() { echo "guest/build: $*" >&2; }
@@ -62,7 +69,7 @@ INITRD_9P=initramfs-9p.cpio.$INITRD_EXT
 BUSYBOX=/bin/busybox
 CRUN=/usr/bin/crun
 NODE=/usr/bin/node
-for tool in apt-get apt-cache dpkg-deb dpkg-query depmod cpio ldd sha256sum xz "$COMPRESS"; do
+for tool in apt-get apt-cache dpkg-deb dpkg-query depmod cpio ldd sha256sum xz mkfs.erofs "$COMPRESS"; do
   command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
@@ -124,7 +131,7 @@ base_present() {
 REBUILD_BASE=1
 if stamp_is "$BASE_STAMP" "$BASE_INPUTS" && base_present; then
   REBUILD_BASE=0
-  if stamp_is "$AGENT_STAMP" "$AGENT_INPUTS" && [[ -e $OUT/$INITRD && -e $OUT/manifest.json ]]; then
+  if stamp_is "$AGENT_STAMP" "$AGENT_INPUTS" && [[ -e $OUT/$INITRD && -e $OUT/rootfs.erofs && -e $OUT/manifest.json ]]; then
     log "up to date ($OUT)"
     exit 0
   fi
@@ -345,6 +352,15 @@ mv -f "$WORK/$INITRD" "$OUT/$INITRD"
 rm -rf "$OUT/rootfs/usr/lib/cocoon"
 cp -a "$ASTAGE/usr/lib/cocoon" "$OUT/rootfs/usr/lib/cocoon"
 
+# The DAX root image. Uncompressed (DAX maps file data directly, so it cannot be compressed), data
+# not inlined into inodes (DAX needs block-aligned data), fixed timestamps; virtio-pmem wants a size
+# that is a multiple of 2 MiB. Built into $WORK and moved, so a running VM never sees it half written.
+log "making rootfs.erofs"
+mkfs.erofs --quiet -Enoinline_data -T"$EPOCH" "$WORK/rootfs.erofs" "$OUT/rootfs" >/dev/null
+img_size=$(size "$WORK/rootfs.erofs")
+truncate -s $(((img_size + 2097151) / 2097152 * 2097152)) "$WORK/rootfs.erofs"
+mv -f "$WORK/rootfs.erofs" "$OUT/rootfs.erofs"
+
 KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
   BUSYBOX_VERSION=$BUSYBOX_VERSION CRUN_VERSION=$CRUN_VERSION \
   NODE_PKG_VERSION=$NODE_PKG_VERSION NODE_VERSION=$NODE_VERSION \
@@ -352,6 +368,7 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
   VMLINUX_SHA=$VMLINUX_SHA VMLINUX_SIZE=$VMLINUX_SIZE \
   INITRD=$INITRD INITRD_SHA=$(sha "$OUT/$INITRD") INITRD_SIZE=$(size "$OUT/$INITRD") \
   INITRD_9P=$INITRD_9P INITRD_9P_SHA=$INITRD_9P_SHA INITRD_9P_SIZE=$INITRD_9P_SIZE \
+  EROFS_SHA=$(sha "$OUT/rootfs.erofs") EROFS_SIZE=$(size "$OUT/rootfs.erofs") \
   TREE_SIZE=$((BASE_TREE_SIZE + $(du -sb "$ASTAGE" | cut -f1))) \
   AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT AGENT_KIND=$AGENT_KIND KOFFI=$KOFFI \
   COMPRESS=$COMPRESS MODULES_FILE="$OUT/modules-list.txt" \
@@ -365,6 +382,7 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
       initramfs: { file: e.INITRD, compression: e.COMPRESS, sha256: e.INITRD_SHA, bytes: Number(e.INITRD_SIZE),
         unpackedBytes: Number(e.TREE_SIZE) },
       initramfs9p: { file: e.INITRD_9P, sha256: e.INITRD_9P_SHA, bytes: Number(e.INITRD_9P_SIZE), rootfsDir: "rootfs" },
+      rootfsImage: { file: "rootfs.erofs", format: "erofs", sha256: e.EROFS_SHA, bytes: Number(e.EROFS_SIZE) },
       packages: { "busybox-static": e.BUSYBOX_VERSION, crun: e.CRUN_VERSION, nodejs: e.NODE_PKG_VERSION },
       node: e.NODE_VERSION,
       agent: { kind: e.AGENT_KIND, source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: "/usr/lib/cocoon/agent.cjs", koffi: e.KOFFI || null },
@@ -374,4 +392,4 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
   ' >"$WORK/manifest.json"
 mv -f "$WORK/manifest.json" "$OUT/manifest.json"
 echo "$AGENT_INPUTS" >"$AGENT_STAMP"
-log "built $OUT: vmlinuz $(size "$OUT/vmlinuz") B, $INITRD $(size "$OUT/$INITRD") B, $INITRD_9P $(size "$OUT/$INITRD_9P") B ($KPKG $KPKG_VERSION)"
+log "built $OUT: vmlinuz $(size "$OUT/vmlinuz") B, $INITRD $(size "$OUT/$INITRD") B, $INITRD_9P $(size "$OUT/$INITRD_9P") B, rootfs.erofs $(size "$OUT/rootfs.erofs") B ($KPKG $KPKG_VERSION)"

@@ -7,6 +7,8 @@
 #            the 9p shares, and exec the agent, which stays PID 1 for the life of the VM.
 # Kernel command line knobs (all optional):
 #   cocoon.root=TAG   use the read-only 9p share TAG as "/" instead of the initramfs
+#   cocoon.root=/dev/pmem0
+#                     mount that EROFS image (virtio-pmem) as "/", with DAX when the device allows it
 #   cocoon.debug=1    print each step with the guest uptime
 PATH=/usr/bin:/usr/sbin:/bin:/sbin
 export PATH
@@ -51,14 +53,26 @@ stage1() {
 
   mkdir -p /newroot
   root_tag=$(cmdline_value cocoon.root || true)
-  if [ -n "$root_tag" ]; then
+  case "$root_tag" in
+  /dev/*)
+    # libnvdimm registers its devices asynchronously after the modules load.
+    tries=0
+    while [ ! -b "$root_tag" ] && [ $tries -lt 100 ]; do sleep 0.05; tries=$((tries + 1)); done
+    # DAX: file reads and mmaps go straight to the host file's pages; no guest page cache copy.
+    mount -t erofs -o ro,dax=always "$root_tag" /newroot 2>/dev/null ||
+      { say "no DAX on $root_tag, mounting it without"; mount -t erofs -o ro "$root_tag" /newroot; } ||
+      die "cannot mount root image $root_tag"
+    ;;
+  ?*)
     mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=$MSIZE "$root_tag" /newroot ||
       die "cannot mount 9p root '$root_tag'"
-  else
+    ;;
+  *)
     # A bind mount of the initramfs moved over "/" has a parent mount, which is all
     # pivot_root needs; nothing is copied.
     mount -o bind / /newroot || die "bind mount of / failed"
-  fi
+    ;;
+  esac
   for fs in dev proc sys; do mount -o move "/$fs" "/newroot/$fs" || die "move /$fs failed"; done
   cd /newroot || die "cd /newroot"
   COCOON_STAGE=2

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   containerd runc crun busybox-static
   qemu-system-x86 containernetworking-plugins iproute2 iptables
-  kmod cpio zstd xz-utils binutils procps util-linux bsdutils coreutils python3
+  kmod cpio zstd xz-utils binutils erofs-utils procps util-linux bsdutils coreutils python3
 )
 
 missing=()

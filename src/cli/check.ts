@@ -282,9 +282,10 @@ async function checkKvm(env: CheckEnv, vm: CocoonConfig, o: CheckOptions): Promi
 }
 
 function checkAssets(env: CheckEnv, vm: CocoonConfig): CheckResult {
-  const missing = [vm.vm.kernel, vm.vm.initrd].filter((p) => !env.exists(p));
+  const assets = [vm.vm.kernel, vm.vm.initrd, vm.vm.rootfs].filter((p) => p);
+  const missing = assets.filter((p) => !env.exists(p));
   if (missing.length) return fail("guest assets", `missing ${missing.join(", ")}`, "run `cocoon install` (copies guest/out/), or build them with guest/build.sh");
-  return ok("guest assets", `${vm.vm.kernel}, ${vm.vm.initrd}`);
+  return ok("guest assets", assets.join(", "));
 }
 
 /** "v2" (unified), "hybrid" (v1 controllers + a v2 mount) or "v1", from /proc/self/mounts. */

@@ -22,7 +22,10 @@ export interface VmConfig {
   qemu: string;
   kernel: string;
   initrd: string;
-  /** Guest root filesystem directory shared read-only over 9p ("" = everything is in the initrd). */
+  /**
+   * Guest root file system: an EROFS image file (attached as virtio-pmem, mounted with DAX), or a
+   * directory shared read-only over 9p ("" = everything is in the initrd).
+   */
   rootfs: string;
   /** "auto" probes KVM with a bounded boot and falls back to TCG. */
   accel: "auto" | "kvm" | "tcg";
@@ -59,7 +62,7 @@ export function defaultConfig(): CocoonConfig {
       qemu: "qemu-system-x86_64",
       kernel: `${DEFAULT_ASSET_DIR}/vmlinux`,
       initrd: `${DEFAULT_ASSET_DIR}/initramfs-9p.cpio.zst`,
-      rootfs: `${DEFAULT_ASSET_DIR}/rootfs`,
+      rootfs: `${DEFAULT_ASSET_DIR}/rootfs.erofs`,
       accel: "auto",
       vcpus: 1,
       memoryMiB: 512,

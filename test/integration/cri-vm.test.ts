@@ -48,7 +48,7 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
     cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
     ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), [
       'mode = "vm"', 'grouping = "pod"', "[vm]", `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`,
-      `rootfs = "${OUT}/rootfs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
+      `rootfs = "${OUT}/rootfs.erofs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
     ].join("\n"), 180_000));
   });
 

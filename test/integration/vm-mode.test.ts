@@ -35,7 +35,7 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     cfg = path.join(dir, "vm.toml");
     writeFileSync(cfg, [
       'mode = "vm"', 'log_level = "debug"', "[vm]",
-      `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`, `rootfs = "${OUT}/rootfs"`,
+      `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`, `rootfs = "${OUT}/rootfs.erofs"`,
       'accel = "auto"', "memory_mib = 512", "boot_timeout_sec = 120", `state_dir = "${dir}/vm"`, "",
     ].join("\n"));
     rt = ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cfg];

@@ -306,7 +306,7 @@ test("the two Cocoon configs pass the shim's parseConfig", () => {
   assert.equal(vm.mode, "vm");
   assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinux");
   assert.equal(vm.vm.initrd, "/usr/local/share/cocoon/initramfs-9p.cpio.zst");
-  assert.equal(vm.vm.rootfs, "/usr/local/share/cocoon/rootfs");
+  assert.equal(vm.vm.rootfs, "/usr/local/share/cocoon/rootfs.erofs");
   const runc = parseConfig(readFileSync(join(DEPLOY, "config", "cocoon-runc.toml"), "utf8"), "cocoon-runc.toml");
   assert.equal(runc.mode, "runc");
   assert.equal(runc.runc.binary, "runc");

@@ -37,6 +37,7 @@ function healthyNode(): FakeNode {
       "/usr/local/bin/containerd-shim-cocoon-v2",
       "/usr/local/share/cocoon/vmlinux",
       "/usr/local/share/cocoon/initramfs-9p.cpio.zst",
+      "/usr/local/share/cocoon/rootfs.erofs",
       "/usr/lib/cni/bridge",
       "/usr/lib/cni/host-local",
       "/usr/lib/cni/loopback",

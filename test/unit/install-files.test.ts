@@ -53,6 +53,7 @@ function fakeSource(root: string) {
   w("guest/out/kernel-config", "not installed");
   w("guest/out/manifest.json", JSON.stringify({ initramfs: { file: "initramfs.cpio.zst" } }));
   w("guest/out/rootfs/bin/busybox", "bb", 0o755);
+  w("guest/out/rootfs.erofs", "image");
   symlinkSync("busybox", join(root, "guest/out/rootfs/bin/sh"));
   w("guest/out/cache/big.deb", "not installed");
   w("fake-node", "#!/bin/sh\n", 0o755);
@@ -130,6 +131,7 @@ test("install puts every piece in place below the host root", async () => {
     "usr/local/share/cocoon/initramfs.cpio.zst",
     "usr/local/share/cocoon/initramfs-9p.cpio.zst",
     "usr/local/share/cocoon/rootfs/bin/busybox",
+    "usr/local/share/cocoon/rootfs.erofs",
   ]) {
     assert.ok(existsSync(at(p)), p);
   }

@@ -30,9 +30,10 @@ export const BACKUP_SUFFIX = ".cocoon-backup";
 const CONFIG_FILES = ["cocoon-vm.toml", "cocoon-runc.toml"] as const;
 /**
  * guest/out entries the VM runtime uses: kernels, initramfs images (whatever their compression), the build
- * manifest, and the rootfs directory that backs the 9p initramfs variant. Build leftovers are not copied.
+ * manifest, and the guest root: the EROFS image (virtio-pmem) and the directory of the 9p variant.
+ * Build leftovers are not copied.
  */
-export const GUEST_ASSET = /^(vmlinuz|vmlinux|manifest\.json|rootfs|initramfs[-\w]*\.cpio(\.\w+)?)$/;
+export const GUEST_ASSET = /^(vmlinuz|vmlinux|manifest\.json|rootfs|rootfs\.erofs|initramfs[-\w]*\.cpio(\.\w+)?)$/;
 const BUNDLES = ["containerd-shim-cocoon-v2.cjs", "containerd-shim-cocoon-v2-full.cjs", "cocoon.cjs", "cocoon-agent.cjs"];
 const LAUNCHERS = ["containerd-shim-cocoon-v2", "cocoon"];
 

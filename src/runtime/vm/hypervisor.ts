@@ -1,13 +1,20 @@
 // What vm mode needs from a VMM. QEMU implements it (qemu.ts); Cloud Hypervisor or Firecracker
 // could implement it later without touching the runtime.
 
+/**
+ * A directory shared read-only (9p: every file the guest reads is copied into its page cache), or a
+ * read-only file system image mapped into the guest as persistent memory and mounted with DAX (the
+ * guest reads the host's page cache directly, so VMs share one copy of node and crun).
+ */
+export type GuestRoot = { kind: "dir"; path: string } | { kind: "image"; path: string; bytes: number };
+
 export interface VmSpec {
   /** Directory for this VM's sockets, console log and pid file. */
   runDir: string;
   kernel: string;
   initrd: string;
-  /** Guest root directory shared read-only ("" = the initrd holds everything). */
-  rootfs: string;
+  /** The guest's root file system; none when the initrd holds everything. */
+  root?: GuestRoot;
   /** Per-sandbox directory shared read-write with the guest (mount tag "cocoon"). */
   sharedDir: string;
   vcpus: number;

@@ -11,7 +11,7 @@ import { ProcessIO } from "../../shim/stdio.js";
 import { TtrpcClient } from "../../ttrpc/index.js";
 import type { Sys } from "../../sys/types.js";
 import { agentApi, type AgentApi } from "./agent.js";
-import type { Hypervisor, VmHandle } from "./hypervisor.js";
+import type { GuestRoot, Hypervisor, VmHandle } from "./hypervisor.js";
 import { chooseAccel } from "./kvm.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
 import { startRelay, type Relay } from "./relay.js";
@@ -72,6 +72,20 @@ export function podSizing(ann: Record<string, string>, baseVcpus: number, baseMi
 
 /** Short, fixed-length names keep socket paths under the 108-byte limit. */
 const shortId = (id: string) => createHash("sha256").update(id).digest("hex").slice(0, 16);
+
+/** vm.rootfs: "" (the initrd holds everything), a directory (9p) or an image file (virtio-pmem). */
+export function guestRoot(p: string): GuestRoot | undefined {
+  if (!p) return undefined;
+  let st;
+  try {
+    st = statSync(p);
+  } catch {
+    throw failedPrecondition(`guest root ${p} is missing (build it with guest/build.sh and set vm.rootfs in the Cocoon config)`);
+  }
+  if (st.isDirectory()) return { kind: "dir", path: p };
+  if (!st.isFile() || st.size === 0) throw failedPrecondition(`guest root ${p} is neither a directory nor a file system image`);
+  return { kind: "image", path: p, bytes: st.size };
+}
 
 function tail(file: string, lines = 20): string {
   try {
@@ -185,6 +199,7 @@ export class VmRuntime implements Runtime {
     for (const [what, p] of [["guest kernel", vmCfg.kernel], ["guest initrd", vmCfg.initrd]] as const) {
       if (!existsSync(p)) throw failedPrecondition(`${what} ${p} is missing (build it with guest/build.sh and set vm.${what === "guest kernel" ? "kernel" : "initrd"} in the Cocoon config)`);
     }
+    const root = guestRoot(vmCfg.rootfs);
     const runDir = path.join(this.stateDir, shortId(id));
     const sharedDir = path.join(runDir, "shared");
     rmSync(runDir, { recursive: true, force: true });
@@ -201,7 +216,7 @@ export class VmRuntime implements Runtime {
       const accel = await chooseAccel(vmCfg.accel, this.stateDir, log, vmCfg.qemu, vmCfg.kernel);
       const t0 = Date.now();
       vm = await this.hypervisor.start({
-        runDir, kernel: vmCfg.kernel, initrd: vmCfg.initrd, rootfs: vmCfg.rootfs && existsSync(vmCfg.rootfs) ? vmCfg.rootfs : "",
+        runDir, kernel: vmCfg.kernel, initrd: vmCfg.initrd, root,
         sharedDir, vcpus: size.vcpus, memoryMiB: size.memoryMiB, accel, tcgCacheMiB: vmCfg.tcgCacheMiB, kernelParams: vmCfg.kernelParams,
         netns: net?.netns ?? (netnsPath || undefined), tap: net ? { name: net.tap, mac: net.iface.mac } : undefined,
       });
