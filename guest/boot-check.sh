@@ -12,7 +12,7 @@
 # uses the repository's dist/js build (npm run build).
 # Prints the timings (ms since QEMU started). QEMU is always killed on the way out.
 #
-#   guest/boot-check.sh [--machine q35|pc|microvm] [--variant initramfs|9p] [--mem 256M]
+#   guest/boot-check.sh [--machine q35|pc|microvm] [--variant initramfs|9p|pmem] [--mem 256M]
 #                       [--accel tcg|kvm] [--kernel vmlinux|vmlinuz] [--timeout SECONDS] [--append "WORDS"] [--json] [--no-build]
 set -euo pipefail
 
@@ -32,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --append) EXTRA_APPEND=$2; shift 2 ;;
     --json) JSON=1; shift ;;
     --no-build) BUILD=0; shift ;;
-    *) echo "usage: $0 [--machine M] [--variant initramfs|9p] [--mem SIZE] [--accel tcg|kvm] [--kernel vmlinux|vmlinuz] [--timeout S] [--append WORDS] [--json] [--no-build]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--machine M] [--variant initramfs|9p|pmem] [--mem SIZE] [--accel tcg|kvm] [--kernel vmlinux|vmlinuz] [--timeout S] [--append WORDS] [--json] [--no-build]" >&2; exit 2 ;;
   esac
 done
 

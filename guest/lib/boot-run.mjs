@@ -232,7 +232,8 @@ async function talkApi(opts, report, mark, since, exited, gone) {
         await agent.removeContainer({ containerId: cid }, call);
         const [content = '', cgroup = ''] = stdout.split('---\n');
         check.share = { ok: content.length > 0, content };
-        check.crun = { ok: exit.exitStatus === 0 && cgroup.includes('/cocoon/'), status: exit.exitStatus, stdout, stderr, ms: Math.round(performance.now() - started) };
+        // The agent gives each container its own cgroup namespace: its cgroup v2 root reads as "/".
+        check.crun = { ok: exit.exitStatus === 0 && /^0::\//m.test(cgroup), status: exit.exitStatus, stdout, stderr, ms: Math.round(performance.now() - started) };
         // The exit status reached us through the agent's reaper, which runs on koffi.
         check.koffi = { present: true, ok: exit.exitStatus === 0, version: 'used by the agent' };
       } catch (err) {

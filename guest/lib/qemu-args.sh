@@ -6,7 +6,8 @@
 #   GUEST_OUT      directory with vmlinuz and the initramfs files (guest/out)
 #   MACHINE        q35 | pc | microvm                       (default q35)
 #   ACCEL          tcg | kvm                                (default tcg)
-#   VARIANT        initramfs | 9p   (9p: small initramfs, rootfs/ shared read-only as "/")
+#   VARIANT        initramfs | 9p | pmem   (9p: small initramfs, rootfs/ shared read-only as "/";
+#                  pmem: small initramfs, rootfs.erofs on virtio-pmem mounted with DAX as "/")
 #   MEM            guest memory, QEMU syntax                (default 256M)
 #   KVM_CPU        -cpu model under KVM                     (default host)
 #   KERNEL_IMAGE   vmlinux (PVH entry, default) | vmlinuz (bzImage, through the firmware)
@@ -40,15 +41,27 @@ guest_qemu_args() {
     append+=" tsc_early_khz=$(host_tsc_khz)"
   fi
   initrd=$(ls "$GUEST_OUT"/initramfs.cpio.* | head -n1)
+  local memarg=$mem img_bytes
+  if [[ $variant == pmem ]]; then
+    # As src/runtime/vm/qemu.ts does: maxmem covers the pmem window (2 MiB granules).
+    img_bytes=$(stat -c %s "$GUEST_OUT/rootfs.erofs")
+    memarg="$mem,slots=1,maxmem=$(($(numfmt --from=iec "$mem") / 1048576 + (img_bytes + 2097151) / 2097152 * 2))M"
+  fi
   QEMU_ARGS=(qemu-system-x86_64
     -nodefaults -no-user-config -display none -no-reboot
-    -M "$machine" -accel "$accel" -cpu "$cpu" -m "$mem" -smp 1
+    -M "$machine" -accel "$accel" -cpu "$cpu" -m "$memarg" -smp 1
     -kernel "$GUEST_OUT/$kernel")
   if [[ $variant == 9p ]]; then
     initrd=$(ls "$GUEST_OUT"/initramfs-9p.cpio.* | head -n1)
     append+=" cocoon.root=cocoon-root"
     QEMU_ARGS+=(-fsdev "local,id=fsroot,path=$GUEST_OUT/rootfs,security_model=none,readonly=on"
       -device "virtio-9p-$bus,fsdev=fsroot,mount_tag=cocoon-root")
+  elif [[ $variant == pmem ]]; then
+    [[ $bus == pci ]] || { echo "the pmem variant needs a PCI machine (q35 or pc)" >&2; return 1; }
+    initrd=$(ls "$GUEST_OUT"/initramfs-9p.cpio.* | head -n1)
+    append+=" cocoon.root=/dev/pmem0 swiotlb=512"
+    QEMU_ARGS+=(-object "memory-backend-file,id=rootmem,mem-path=$GUEST_OUT/rootfs.erofs,size=$img_bytes,share=off,readonly=on"
+      -device "virtio-pmem-pci,memdev=rootmem,id=rootpmem")
   fi
   QEMU_ARGS+=(-initrd "$initrd" -append "$append${EXTRA_APPEND:+ $EXTRA_APPEND}"
     -serial "file:$CONSOLE_LOG"
