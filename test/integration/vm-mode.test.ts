@@ -106,6 +106,12 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     const b = await ctrd.ctr(["run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", bad, BUSYBOX_IMAGE, uid("nokernel"), "true"], { allowFail: true, timeoutMs: 60_000 });
     assert.notEqual(b.code, 0);
     assert.match(b.stderr, /guest kernel .*nope\/vmlinux is missing/);
+    // The same for the guest root image, with a kernel and initrd that exist.
+    const noRoot = path.join(dir, "noroot.toml");
+    writeFileSync(noRoot, readFileSync(cfg, "utf8").replace(/^rootfs = .*$/m, `rootfs = "${dir}/nope/rootfs.erofs"`));
+    const c = await ctrd.ctr(["run", "--rm", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", noRoot, BUSYBOX_IMAGE, uid("noroot"), "true"], { allowFail: true, timeoutMs: 60_000 });
+    assert.notEqual(c.code, 0);
+    assert.match(c.stderr, /guest root .*nope\/rootfs\.erofs is missing/);
   });
 
   it("signals reach the container in the guest", async () => {
