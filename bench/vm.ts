@@ -4,6 +4,7 @@
 import { ContainerState } from "../src/gen/cri/runtime/v1/api_pb.js";
 import { removePod } from "../src/cli/lab/pod.js";
 import { isAlive, listProcesses, withDescendants, type ProcInfo } from "../test/helpers/procfs.js";
+import { awaitKsmScans, enableKsm, ksmStats, type KsmStats } from "./ksm.js";
 import { sleep } from "../test/helpers/util.js";
 import { findShims, readMappings, readMemory, type ProcMemory } from "./procmem.js";
 import { agentReadyLine, kvmProbeLine, vmBootLines, type VmBootLine } from "./vmlog.js";
@@ -98,6 +99,8 @@ export interface VmMemoryResult {
   };
   /** The guest's own view (first pod's /proc/meminfo), KiB. */
   guestMeminfo?: Record<string, number>;
+  /** Set when the host merged identical pages (--vm-ksm): what KSM had merged when memory was read. */
+  ksm?: KsmStats & { waitedSec: number };
 }
 
 export interface VmResult {
@@ -265,8 +268,23 @@ function qemuParts(pid: number, memoryMiB: number, rollup: ProcMemory): QemuPart
 
 const ZERO: ProcMemory = { rss: 0, pss: 0, uss: 0, pssAnon: 0, pssFile: 0 };
 
-async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => void): Promise<VmMemoryResult> {
+function scaleMemory(m: ProcMemory, f: number): ProcMemory {
+  return { rss: m.rss * f, pss: m.pss * f, uss: m.uss * f, pssAnon: m.pssAnon * f, pssFile: m.pssFile * f };
+}
+
+/**
+ * Processes a shim started for its pods, other than VMMs (counted per pod) and other shim processes
+ * (a spare daemon it started, which may since serve a pod of its own, with its own VMM).
+ */
+function helpersOf(shim: ProcInfo, all: ProcInfo[]): ProcInfo[] {
+  const ownUnit = (p: ProcInfo) => /(^|\/)qemu-system/.test(p.args[0] ?? "") || p.args.some((a) => a.includes("containerd-shim-cocoon-v2"));
+  return withDescendants([shim], all.filter((p) => p.pid === shim.pid || !ownUnit(p))).filter((p) => p.pid !== shim.pid);
+}
+
+async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => void, ksm: boolean): Promise<VmMemoryResult> {
   const started: { podId: string; boot?: VmBootLine }[] = [];
+  const restoreKsm = ksm ? enableKsm() : undefined;
+  let ksmState: VmMemoryResult["ksm"];
   try {
     for (let i = 0; i < pods; i++) {
       const from = rig.ctrd.log().length;
@@ -277,15 +295,23 @@ async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => voi
       progress(`vm memory: pod ${i + 1}/${pods} running (${(r.sample.totalMs / 1000).toFixed(1)} s)`);
     }
     await sleep(VM_SETTLE_SEC * 1000);
+    if (ksm) {
+      progress("vm memory: waiting for KSM to scan every VM twice");
+      const waitedSec = await awaitKsmScans(2, 180_000);
+      ksmState = { ...ksmStats(), waitedSec };
+    }
     const all = listProcesses();
+    const units = started.map(({ podId, boot }) => ({ podId, ...podProcesses(all, rig.ctrd.address, boot, podId) }));
+    // With node grouping one shim serves several of these pods: each pod carries its share.
+    const podsPerShim = new Map<number, number>();
+    for (const u of units) if (u.shim) podsPerShim.set(u.shim.pid, (podsPerShim.get(u.shim.pid) ?? 0) + 1);
     const perPod: VmPodMemory[] = [];
-    for (const { podId, boot } of started) {
-      const { shim, qemu } = podProcesses(all, rig.ctrd.address, boot, podId);
+    for (const { podId, shim, qemu } of units) {
       if (!shim) continue;
-      const shimMem = readMemory(shim.pid) ?? ZERO;
+      const shimMem = scaleMemory(readMemory(shim.pid) ?? ZERO, 1 / (podsPerShim.get(shim.pid) ?? 1));
       const qemuMem = (qemu && readMemory(qemu.pid)) || ZERO;
-      const others = withDescendants([shim], all)
-        .filter((p) => p.pid !== shim.pid && p.pid !== qemu?.pid)
+      const others = helpersOf(shim, all)
+        .filter((p) => p.pid !== qemu?.pid)
         .map((p) => ({ pid: p.pid, cmd: p.args.join(" ").slice(0, 200), mem: readMemory(p.pid) ?? ZERO }));
       const sum = (k: keyof ProcMemory) => shimMem[k] + qemuMem[k] + others.reduce((a, o) => a + o.mem[k], 0);
       const parts = qemu ? qemuParts(qemu.pid, rig.memoryMiB, qemuMem) : { guestRam: { size: 0, rss: 0, pss: 0 }, tcgCode: { size: 0, rss: 0, pss: 0 }, otherAnonPss: 0, filePss: 0, topFiles: [] };
@@ -302,13 +328,20 @@ async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => voi
         guestRamRss: avg((p) => p.qemuParts.guestRam.rss), tcgCodeRss: avg((p) => p.qemuParts.tcgCode.rss), qemuOtherAnonPss: avg((p) => p.qemuParts.otherAnonPss),
       },
       ...(meminfo ? { guestMeminfo: meminfo } : {}),
+      ...(ksmState ? { ksm: ksmState } : {}),
     };
   } finally {
     await Promise.all(started.map((s) => removeAndSettle(rig, s.podId, s.boot?.qemuPid).catch(() => {})));
+    restoreKsm?.();
   }
 }
 
-export async function benchVm(rig: VmRig, runs: number, pods: number, progress: (msg: string) => void): Promise<VmResult> {
+export interface VmBenchOptions {
+  /** Measure memory with the host's KSM merging identical pages (restored afterwards). */
+  ksm?: boolean;
+}
+
+export async function benchVm(rig: VmRig, runs: number, pods: number, progress: (msg: string) => void, o: VmBenchOptions = {}): Promise<VmResult> {
   const res: VmResult = { accel: "", guestKernel: rig.guestKernel, guestMemoryMiB: rig.memoryMiB, warmup: [], vm: [], runc: [], errors: [] };
   const attempt = async (handler: string, name: string): Promise<VmRun | undefined> => {
     try {
@@ -345,7 +378,7 @@ export async function benchVm(rig: VmRig, runs: number, pods: number, progress: 
   if (probe) res.kvmProbe = probe;
   progress(`vm memory: ${pods} VM pods at once, then ${VM_SETTLE_SEC} s to settle`);
   try {
-    res.memory = await vmMemory(rig, pods, progress);
+    res.memory = await vmMemory(rig, pods, progress, o.ksm === true);
   } catch (e) {
     res.errors.push(`memory: ${(e as Error).message.split("\n")[0]}`);
   }

@@ -45,13 +45,21 @@ export function vmUnavailable(): string | undefined {
   return undefined;
 }
 
-export async function startVmRig(accel: "auto" | "kvm" | "tcg"): Promise<VmRig> {
+export interface VmRigOptions {
+  /** The Cocoon config's grouping for the `cocoon` handler (default "pod": one shim per VM pod). */
+  grouping?: "pod" | "node";
+  /** vm.kernel_params (e.g. "nokaslr", so that guests' kernel text is identical and KSM can merge it). */
+  kernelParams?: string;
+}
+
+export async function startVmRig(accel: "auto" | "kvm" | "tcg", o: VmRigOptions = {}): Promise<VmRig> {
   const dir = tmpdir("cocoon-bench-vm-");
   const cfg = join(dir, "cocoon-vm.toml");
   writeFileSync(cfg, [
-    'mode = "vm"', 'grouping = "pod"', 'log_level = "info"', "[vm]",
+    'mode = "vm"', `grouping = "${o.grouping ?? "pod"}"`, 'log_level = "info"', "[vm]",
     `kernel = "${GUEST_DIR}/vmlinux"`, `initrd = "${GUEST_DIR}/initramfs-9p.cpio.zst"`, `rootfs = "${GUEST_DIR}/rootfs.erofs"`,
-    `accel = "${accel}"`, `memory_mib = ${VM_MEMORY_MIB}`, "boot_timeout_sec = 150", `state_dir = "${dir}/vm"`, "",
+    `accel = "${accel}"`, `memory_mib = ${VM_MEMORY_MIB}`, "boot_timeout_sec = 150", `state_dir = "${dir}/vm"`,
+    ...(o.kernelParams ? [`kernel_params = ${JSON.stringify(o.kernelParams)}`] : []), "",
   ].join("\n"));
   const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${VM_HANDLER}`;
   let ctrd: Containerd | undefined;
