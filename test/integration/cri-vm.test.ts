@@ -89,6 +89,10 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
       assert.equal(h.stdout, `${web.name}\n`);
       const { stats } = await cri.containerStats({ containerId: httpd!.id });
       assert.ok((stats?.memory?.workingSetBytes?.value ?? 0n) > 0n, `working set ${stats?.memory?.workingSetBytes?.value}`);
+      // kubelet's in-place resize: UpdateContainerResources reaches the container's cgroup in the guest.
+      await cri.updateContainerResources({ containerId: httpd!.id, linux: { memoryLimitInBytes: BigInt(80 << 20), cpuQuota: 50_000n, cpuPeriod: 100_000n } });
+      const limits = await exec(httpd!.id, ["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"]);
+      assert.equal(limits.stdout, `${80 << 20}\n50000 100000\n`);
 
       // A second pod (a second VM) fetches the page from the first at its pod IP, through both taps.
       const client = await runPod("client", [{ name: "shell", script: "exec sleep 600" }]);

@@ -114,6 +114,32 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     assert.match(c.stderr, /guest root .*nope\/rootfs\.erofs is missing/);
   });
 
+  it("pause/resume and metrics reach the container in the guest (updates: cri-vm)", async () => {
+    const id = uid("res");
+    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "while true; do date +%s > /tmp/tick; sleep 0.2; done"], { timeoutMs: 120_000 });
+    const status = async () => (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? "";
+    await waitFor(async () => /RUNNING/.test(await status()), { timeoutMs: 30_000, what: "running" });
+    await ctrd.ctr(["task", "pause", id], { timeoutMs: 30_000 });
+    assert.match(await status(), /PAUSED/);
+    await waitFor(() => eventLog.includes("/tasks/paused"), { timeoutMs: 10_000, what: "TaskPaused" });
+    const tick = async () => (await ctrd.ctr(["task", "exec", "--exec-id", `t${++seq}`, id, "cat", "/tmp/tick"], { timeoutMs: 60_000 })).stdout;
+    await ctrd.ctr(["task", "resume", id], { timeoutMs: 30_000 });
+    await waitFor(() => eventLog.includes("/tasks/resumed"), { timeoutMs: 10_000, what: "TaskResumed" });
+    assert.match(await status(), /RUNNING/);
+    const t1 = await tick();
+    await sleep(1500);
+    assert.notEqual(await tick(), t1, "the loop runs again after resume");
+    const m = await ctrd.ctr(["task", "metrics", "--format", "json", id], { timeoutMs: 60_000 });
+    const metrics = JSON.parse(m.stdout);
+    // cgroup v2 metrics from the guest (crun drives cgroup v2 there).
+    assert.ok(metrics.pids?.current >= 1 || metrics.Pids?.current >= 1, m.stdout.slice(0, 400));
+    assert.ok((metrics.memory?.usage ?? metrics.Memory?.usage) > 0, m.stdout.slice(0, 400));
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    await waitFor(async () => /STOPPED/.test(await status()), { timeoutMs: 30_000, what: "stopped" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+  });
+
   it("signals reach the container in the guest", async () => {
     const id = uid("sig");
     await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "trap 'echo got-term; exit 42' TERM; while true; do sleep 1; done"], { timeoutMs: 120_000 });
