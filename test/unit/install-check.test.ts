@@ -31,6 +31,7 @@ function healthyNode(): FakeNode {
       "/etc/cocoon/cocoon-vm.toml": readFileSync(join(REPO, "deploy/config/cocoon-vm.toml"), "utf8"),
       "/etc/cocoon/cocoon-runc.toml": readFileSync(join(REPO, "deploy/config/cocoon-runc.toml"), "utf8"),
       "/proc/self/mounts": V2_MOUNTS,
+      "/sys/kernel/mm/ksm/run": "1\n",
     },
     paths: [
       "/dev/kvm",
@@ -88,7 +89,7 @@ const byName = (rs: CheckResult[], name: string) => {
   return r;
 };
 
-const NAMES = ["containerd", "cri handlers", "config cocoon", "config cocoon-runc", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "cgroups", "cni plugins", "cni config", "koffi"];
+const NAMES = ["containerd", "cri handlers", "config cocoon", "config cocoon-runc", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
 
 test("a healthy node passes every check", async () => {
   const rs = await runChecks({ env: envOf(healthyNode()), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
@@ -219,4 +220,17 @@ test("a real run on this machine gives a result for every check", { timeout: 90_
     assert.ok(r.detail.length > 0, r.name);
   }
   for (const line of formatResults(rs).trimEnd().split("\n")) t.diagnostic(line);
+});
+
+test("KSM off or absent is a warning that says how to turn it on, never a failure", async () => {
+  for (const run of ["0\n", undefined]) {
+    const n = healthyNode();
+    if (run === undefined) delete n.files["/sys/kernel/mm/ksm/run"];
+    else n.files["/sys/kernel/mm/ksm/run"] = run;
+    const rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+    const k = byName(rs, "ksm");
+    assert.equal(k.level, "warn");
+    if (run) assert.match(k.fix, /echo 1 > \/sys\/kernel\/mm\/ksm\/run.*nokaslr/);
+    assert.equal(checkExitCode(rs), 0);
+  }
 });
