@@ -30,6 +30,12 @@ export interface BenchOptions {
   vmPods: number;
   /** The Cocoon config's vm.accel for the VM section. */
   vmAccel: "auto" | "kvm" | "tcg";
+  /** The Cocoon config's grouping for VM pods (default pod: one shim per VM). */
+  vmGrouping: "pod" | "node";
+  /** vm.kernel_params for the VM section. */
+  vmKernelParams: string;
+  /** Read VM memory with host KSM merging identical pages (implies kernel_params "nokaslr" unless given). */
+  vmKsm: boolean;
   variants: Variant[];
   /** Where results go; default bench/results. */
   outDir: string | undefined;
@@ -45,6 +51,10 @@ export const USAGE = `usage: npm run bench -- [options]
   --vm-runs N          timed VM pod starts through the CRI, each paired with a runc pod (default 5)
   --vm-pods N          VM pods running at once for the VM memory test (default 3)
   --vm-accel A         vm.accel of the Cocoon config: auto, kvm or tcg (default auto)
+  --vm-grouping G      grouping of the VM pods' config: pod (default, a shim per VM) or node
+  --vm-kernel-params P vm.kernel_params for the VM pods (e.g. nokaslr)
+  --vm-ksm             read VM memory with the host's KSM on (turned on for the test, then restored;
+                       guests get kernel_params "nokaslr" unless --vm-kernel-params says otherwise)
   --only latency|bootstrap|memory|vm
                        latency = container starts plus the bare 'start' breakdown;
                        bootstrap = only the bare 'start' breakdown (no containers);
@@ -68,9 +78,10 @@ function int(v: string | undefined, flag: string, min: number): number {
 export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     runs: 20, warmup: 2, bootstrapRuns: 15, pods: 10, perPod: 3, settleSec: 2,
-    sections: ["latency", "bootstrap", "memory", "vm"], vmRuns: 5, vmPods: 3, vmAccel: "auto",
+    sections: ["latency", "bootstrap", "memory", "vm"], vmRuns: 5, vmPods: 3, vmAccel: "auto", vmGrouping: "pod", vmKernelParams: "", vmKsm: false,
     variants: [], outDir: undefined,
   };
+  let kernelParamsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const raw = argv[i]!;
     const eq = raw.indexOf("=");
@@ -91,6 +102,14 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         o.vmAccel = v;
         break;
       }
+      case "--vm-grouping": {
+        const v = value();
+        if (v !== "pod" && v !== "node") throw new UsageError("--vm-grouping takes pod or node");
+        o.vmGrouping = v;
+        break;
+      }
+      case "--vm-kernel-params": o.vmKernelParams = value() ?? ""; kernelParamsGiven = true; break;
+      case "--vm-ksm": o.vmKsm = true; break;
       case "--out": o.outDir = value(); break;
       case "--only": {
         const v = value();
@@ -121,5 +140,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
         throw new UsageError(`unknown option ${raw}\n${USAGE}`);
     }
   }
+  // KSM merges the guests' kernel text only when every guest loads it at the same address.
+  if (o.vmKsm && !kernelParamsGiven) o.vmKernelParams = "nokaslr";
   return o;
 }

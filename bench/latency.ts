@@ -11,6 +11,10 @@ export interface LatencyRow {
   grouping: Grouping;
   /** When set, a keeper container of this pod runs throughout, so every start reuses its shim. */
   warmPod?: string;
+  /** A config file instead of the runtime's own for this grouping. */
+  config?: string;
+  /** Served by a spare daemon: before the next start, wait until the pool has refilled. */
+  spares?: boolean;
   note: string;
 }
 
@@ -27,6 +31,8 @@ export interface LatencySamples {
 
 export interface LatencyResult {
   rows: { label: string; runtime: string; grouping: Grouping | "-"; warm: boolean; note: string; samples: LatencySamples }[];
+  /** Starts after which the spare pool had not refilled within 5 s (the next spare-row start then went through Node). */
+  missedRefills: number;
 }
 
 /** Waits (bounded) until no more than `n` shim daemons of this containerd are left. */
@@ -35,18 +41,34 @@ async function shimsSettle(address: string, n: number, timeoutMs = 3_000): Promi
   while (findShims(address).length > n && Date.now() < deadline) await sleep(20);
 }
 
+/**
+ * Waits (bounded) until an idle spare is registered again: the spare that served a start is a daemon
+ * now, and its replacement boots once that daemon has exited (or ~1.5 s after it began serving).
+ * Each cold start so measured is one a spare serves, and no spare's Node start-up runs during
+ * another row's start.
+ */
+async function sparesRefilled(rig: Rig, timeoutMs = 5_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (rig.spares().length < 1) {
+    if (Date.now() > deadline) return false;
+    await sleep(20);
+  }
+  return true;
+}
+
 export async function benchLatency(rig: Rig, rows: LatencyRow[], runs: number, warmup: number, progress: (msg: string) => void): Promise<LatencyResult> {
   const { ctrd } = rig;
   const watcher = new EventWatcher(ctrd.address);
   const keepers: string[] = [];
   const samples = rows.map((): LatencySamples => ({ ctr: [], createToStart: [], createToTaskCreate: [], taskCreateToStart: [] }));
+  let missedRefills = 0;
   try {
     await sleep(300);
     for (const [r, row] of rows.entries()) {
       if (!row.warmPod) continue;
       const id = `keeper-${r}`;
       const pod = row.rt.kind === "runc-v2" || row.grouping === "pod" ? row.warmPod : undefined;
-      await ctrd.ctr(rig.runArgs(row.rt, id, { grouping: row.grouping, pod }));
+      await ctrd.ctr(rig.runArgs(row.rt, id, { grouping: row.grouping, pod, config: row.config }));
       keepers.push(id);
     }
     const base = findShims(ctrd.address).length;
@@ -57,7 +79,7 @@ export async function benchLatency(rig: Rig, rows: LatencyRow[], runs: number, w
         const row = rows[r]!;
         const id = `lat-${r}-${i + warmup}`;
         const pod = row.warmPod && (row.rt.kind === "runc-v2" || row.grouping === "pod") ? row.warmPod : undefined;
-        const args = rig.runArgs(row.rt, id, { grouping: row.grouping, pod });
+        const args = rig.runArgs(row.rt, id, { grouping: row.grouping, pod, config: row.config });
         const t0 = performance.now();
         await ctrd.ctr(args);
         const ms = performance.now() - t0;
@@ -65,6 +87,7 @@ export async function benchLatency(rig: Rig, rows: LatencyRow[], runs: number, w
         rig.noteDaemons();
         await rig.remove(id);
         await shimsSettle(ctrd.address, base);
+        if (row.spares && !(await sparesRefilled(rig))) missedRefills++;
         if (i < 0) continue;
         const s = samples[r]!;
         s.ctr.push(ms);
@@ -79,6 +102,7 @@ export async function benchLatency(rig: Rig, rows: LatencyRow[], runs: number, w
     watcher.stop();
   }
   return {
+    missedRefills,
     rows: rows.map((row, r) => ({
       label: row.label,
       runtime: row.rt.runtime,

@@ -12,6 +12,8 @@ export interface MemoryConfig {
 
 export interface ShimSample extends ProcMemory {
   pid: number;
+  /** An idle spare daemon (Cocoon, pod grouping) counts as the price of fast new-pod starts. */
+  spare: boolean;
   threads: number;
   /** KiB of the shim's executable (node or the Go binary) resident, and its share of it. */
   exeRss: number;
@@ -57,10 +59,13 @@ export async function benchMemory(rig: Rig, configs: MemoryConfig[], pods: numbe
       await sleep(settleSec * 1000);
       rig.noteDaemons();
       const shims: ShimSample[] = [];
-      for (const s of findShims(ctrd.address)) {
+      // Spares serve only pod grouping: with node grouping they would not exist (those seen here are
+      // left idle by the pod rows), so they count in pod rows only.
+      const withSpares = cfg.rt.kind === "cocoon" && cfg.grouping === "pod";
+      for (const s of findShims(ctrd.address, undefined, { spares: withSpares })) {
         const m = readMemory(s.pid);
         const exe = readExeMemory(s.pid);
-        if (m) shims.push({ pid: s.pid, threads: threadCount(s.pid), ...m, exeRss: exe?.rss ?? 0, exePss: exe?.pss ?? 0 });
+        if (m) shims.push({ pid: s.pid, spare: s.role === "spare", threads: threadCount(s.pid), ...m, exeRss: exe?.rss ?? 0, exePss: exe?.pss ?? 0 });
       }
       const sum = (k: keyof ProcMemory) => shims.reduce((a, s) => a + s[k], 0);
       const total = { pss: sum("pss"), uss: sum("uss"), rss: sum("rss") };
@@ -76,7 +81,7 @@ export async function benchMemory(rig: Rig, configs: MemoryConfig[], pods: numbe
         perPod: { pss: total.pss / pods, uss: total.uss / pods, rss: total.rss / pods },
         perPodIsolatedPss: isolated / pods,
       });
-      progress(`memory: ${cfg.label}: ${shims.length} shim(s), ${(total.pss / pods / 1024).toFixed(2)} MiB PSS per pod`);
+      progress(`memory: ${cfg.label}: ${shims.length} shim(s) (${shims.filter((x) => x.spare).length} idle spare), ${(total.pss / pods / 1024).toFixed(2)} MiB PSS per pod`);
     } finally {
       await inBatches(ids, 6, (id) => rig.remove(id));
       const deadline = Date.now() + 10_000;

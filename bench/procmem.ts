@@ -1,13 +1,16 @@
 // Finds the shim daemons a given containerd started and reads their memory from /proc.
 import { readFileSync, readlinkSync } from "node:fs";
 import { basename } from "node:path";
-import { listProcesses, type ProcInfo } from "../test/helpers/procfs.js";
+import { liveDaemons } from "../src/shim/fast-start.js";
+import { cocoonRole, flagValue, listProcesses, type CocoonRole, type ProcInfo } from "../test/helpers/procfs.js";
 
 export type ShimKind = "runc-v2" | "cocoon";
 
 export interface ShimProcess {
   pid: number;
   kind: ShimKind;
+  /** A Cocoon spare is an idle process waiting to become a pod's daemon (src/shim/spare.ts). */
+  role: CocoonRole;
   args: string[];
 }
 
@@ -20,13 +23,6 @@ export interface ProcMemory {
   pssAnon: number;
   pssFile: number;
 }
-
-const flagValue = (args: string[], name: string): string | undefined => {
-  const i = args.findIndex((a) => a === `-${name}` || a === `--${name}`);
-  if (i >= 0) return args[i + 1];
-  const eq = args.find((a) => a.startsWith(`-${name}=`) || a.startsWith(`--${name}=`));
-  return eq?.slice(eq.indexOf("=") + 1);
-};
 
 const isCtr = (p: ProcInfo | undefined): boolean => !!p && /(^|\/)ctr$/.test(p.args[0] ?? "");
 
@@ -41,25 +37,32 @@ function scriptOf(args: string[]): string {
   return "";
 }
 
-function kindOf(args: string[]): ShimKind | undefined {
+function kindOf(p: ProcInfo, daemons: Map<number, string>): { kind: ShimKind; role: CocoonRole } | undefined {
+  const args = p.args;
   const program = basename(args[0] ?? "");
   // A daemon has no action word: `start` and `delete` are short-lived bootstrap commands.
-  if (program === "containerd-shim-runc-v2") return args.includes("start") || args.includes("delete") ? undefined : "runc-v2";
+  if (program === "containerd-shim-runc-v2") return args.includes("start") || args.includes("delete") ? undefined : { kind: "runc-v2", role: "daemon" };
   // Cocoon daemons run from whichever bundle the launcher picked (the entry, or a split daemon
-  // bundle), so match any cocoon script whose action is `daemon`.
+  // bundle), so match any cocoon script whose action is `daemon` or `spare` (a spare that became a
+  // daemon keeps its argv).
   const script = program === "node" || program.startsWith("node") ? basename(scriptOf(args)) : program;
-  if (/cocoon/.test(script) && args[args.length - 1] === "daemon") return "cocoon";
-  return undefined;
+  if (!/cocoon/.test(script)) return undefined;
+  const role = cocoonRole(p, daemons);
+  return role ? { kind: "cocoon", role } : undefined;
 }
 
-/** Shim daemons whose `-address` is `address` (so those of other containerds on the host are left out). */
-export function findShims(address: string, all: ProcInfo[] = listProcesses()): ShimProcess[] {
+/**
+ * Shim daemons whose `-address` is `address` (so those of other containerds on the host are left
+ * out); with `spares`, Cocoon's idle spares too.
+ */
+export function findShims(address: string, all: ProcInfo[] = listProcesses(), opts: { spares?: boolean } = {}): ShimProcess[] {
   const byPid = new Map(all.map((p) => [p.pid, p]));
+  const daemons = liveDaemons();
   const out: ShimProcess[] = [];
   for (const p of all) {
-    const kind = kindOf(p.args);
-    if (!kind || flagValue(p.args, "address") !== address || isCtr(byPid.get(p.ppid))) continue;
-    out.push({ pid: p.pid, kind, args: p.args });
+    const k = kindOf(p, daemons);
+    if (!k || (k.role === "spare" && !opts.spares) || flagValue(p.args, "address") !== address || isCtr(byPid.get(p.ppid))) continue;
+    out.push({ pid: p.pid, kind: k.kind, role: k.role, args: p.args });
   }
   return out;
 }

@@ -71,11 +71,13 @@ export function memoryTable(results: MemoryResult[]): string {
     const rssEach = summarize(m.shims.map((s) => s.rss));
     const threads = summarize(m.shims.map((s) => s.threads));
     const exeRss = summarize(m.shims.map((s) => s.exeRss));
-    return [m.label, m.grouping, `${m.pods}×${m.containers / m.pods}`, String(m.shims.length), mib(m.perPod.pss), mib(m.perPod.uss), mib(m.perPodIsolatedPss),
+    const spares = m.shims.filter((x) => x.spare).length;
+    return [m.label, m.grouping, `${m.pods}×${m.containers / m.pods}`, spares ? `${m.shims.length - spares}+${spares} spare` : String(m.shims.length), mib(m.perPod.pss), mib(m.perPod.uss), mib(m.perPodIsolatedPss),
       mib(m.perPod.rss), mib(pssEach.median), mib(rssEach.median), mib(exeRss.median), f1(threads.median)];
   });
   return table(["runtime", "grouping", "pods×ctrs", "shims", "PSS/pod", "USS/pod", "PSS/pod alone", "RSS/pod", "PSS/shim", "RSS/shim", "exe RSS/shim", "threads"], rows) +
-    "\n(MiB. 'alone': PSS if no other process on the host mapped the shim's executable; a busy host with other node processes lowers Cocoon's plain PSS.)";
+    "\n(MiB. 'alone': PSS if no other process on the host mapped the shim's executable; a busy host with other node processes lowers Cocoon's plain PSS. " +
+    "Cocoon with pod grouping: the idle spare daemon(s) kept for fast new-pod starts are included in the per-pod sums.)";
 }
 
 const BREAKDOWN: [keyof VmBreakdown, string][] = [
@@ -121,7 +123,10 @@ export function vmTables(r: VmResult): string {
   }
   const m = r.memory;
   if (m) {
-    out.push("", `Host memory per VM pod (MiB): shim daemon + its QEMU, ${m.pods} VM pods running, read after ${m.settleSec} s; guest RAM configured ${m.guestMemoryMiB} MiB (the default memory_mib)`);
+    const shimWord = r.grouping === "node" ? "its share of the node's shim daemon" : "its shim daemon";
+    out.push("", `Host memory per VM pod (MiB): ${shimWord} + its QEMU, ${m.pods} VM pods running, read after ${m.settleSec} s; guest RAM configured ${m.guestMemoryMiB} MiB (the default memory_mib)` +
+      `${r.kernelParams ? `; guest kernel_params "${r.kernelParams}"` : ""}`);
+    if (m.ksm) out.push(`host KSM on for this test (${m.ksm.waitedSec.toFixed(0)} s for two full scans): ${mib((m.ksm.pagesSharing * 4096) / 1024)} MiB merged away across the VMs (pages_sharing ${m.ksm.pagesSharing}, pages_shared ${m.ksm.pagesShared})`);
     type Row = { shimPss: number; shimUss: number; qemuPss: number; qemuUss: number; qemuRss: number; guestRamRss: number; tcgCodeRss: number; qemuOtherAnonPss: number; qemuPssFile: number; pss: number; uss: number };
     const row = (label: string, p: Row) => [label, mib(p.shimPss), mib(p.shimUss), mib(p.qemuPss), mib(p.qemuUss), mib(p.qemuRss),
       mib(p.guestRamRss), mib(p.tcgCodeRss), mib(p.qemuOtherAnonPss), mib(p.qemuPssFile), mib(p.pss), mib(p.uss)];
@@ -156,6 +161,7 @@ export function toJson(rep: BenchReport): unknown {
   return {
     ...rep,
     latency: rep.latency && {
+      missedRefills: rep.latency.missedRefills,
       rows: rep.latency.rows.map((row) => ({
         ...row,
         samples: undefined,

@@ -3,12 +3,14 @@
 // Cocoon configs are chosen per container with `ctr run --runtime-config-path`, so all rows share
 // one containerd and one image store.
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join, posix } from "node:path";
 import { startContainerd, type Containerd } from "../test/helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../test/helpers/image.js";
 import { repoRoot, tmpdir } from "../test/helpers/util.js";
+import { liveDaemons } from "../src/shim/fast-start.js";
+import { liveSpares, spareKey } from "../src/shim/spare-pool.js";
 import { findShims } from "./procmem.js";
 import type { Variant } from "./cli.js";
 
@@ -32,8 +34,12 @@ export interface Rig {
   runcV2: RuntimeUnderTest;
   cocoon: RuntimeUnderTest;
   variants: RuntimeUnderTest[];
-  /** `ctr run` arguments that start `sleep 1000` detached. */
-  runArgs(rt: RuntimeUnderTest, id: string, opts?: { grouping?: Grouping; pod?: string }): string[];
+  /** A Cocoon config with pod grouping and spare_daemons = 0 (every new pod's start goes through Node). */
+  noSpareConfig: string;
+  /** `ctr run` arguments that start `sleep 1000` detached; `config` overrides the runtime's config file. */
+  runArgs(rt: RuntimeUnderTest, id: string, opts?: { grouping?: Grouping; pod?: string; config?: string }): string[];
+  /** Idle spare daemons the shipped launcher keeps for this containerd. */
+  spares(): number[];
   /** Kills and removes a container and its task; never throws. */
   remove(id: string): Promise<void>;
   /** Remembers the sockets of the Cocoon daemons running now, so stop() can remove any they leave. */
@@ -88,16 +94,6 @@ function canConnect(path: string): Promise<boolean> {
   });
 }
 
-/** Where a daemon started with `start`'s environment listens (COCOON_SOCKET), if readable. */
-function daemonSocket(pid: number): string | undefined {
-  try {
-    const env = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
-    return env.find((e) => e.startsWith("COCOON_SOCKET="))?.slice("COCOON_SOCKET=".length) || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * Sockets a Cocoon node daemon of this containerd may have used, by the shim's naming rule. The
  * harness removes per-container sockets, but a node daemon's name derives from its config path.
@@ -129,10 +125,14 @@ export async function startRig(variants: Variant[]): Promise<Rig> {
   }
   const c = ctrd;
   const sockets = new Set<string>();
+  const noSpareConfig = join(dir, "cocoon-main-pod-nospare.toml");
+  writeFileSync(noSpareConfig, `mode = "runc"\ngrouping = "pod"\nspare_daemons = 0\nlog_level = "info"\n[runc]\nroot = "${join(dir, "runc-main")}"\n`);
+  const poolKey = spareKey(c.address, realpathSync(join(repoRoot, "bin")));
   return {
-    ctrd: c, dir, runcV2, cocoon, variants: vs,
+    ctrd: c, dir, runcV2, cocoon, variants: vs, noSpareConfig,
+    spares: () => liveSpares(poolKey),
     runArgs(rt, id, opts = {}) {
-      const cfg = rt.configs ? ["--runtime-config-path", rt.configs[opts.grouping ?? "pod"]] : [];
+      const cfg = opts.config ? ["--runtime-config-path", opts.config] : rt.configs ? ["--runtime-config-path", rt.configs[opts.grouping ?? "pod"]] : [];
       const pod = opts.pod ? ["--annotation", `${POD_ANNOTATION}=${opts.pod}`] : [];
       return ["run", "-d", "--runtime", rt.runtime, ...cfg, ...pod, IMAGE, id, "sleep", "1000"];
     },
@@ -142,8 +142,9 @@ export async function startRig(variants: Variant[]): Promise<Rig> {
       await c.ctr(["containers", "rm", id], q);
     },
     noteDaemons() {
+      const daemons = liveDaemons();
       for (const shim of findShims(c.address)) {
-        const sock = shim.kind === "cocoon" ? daemonSocket(shim.pid) : undefined;
+        const sock = shim.kind === "cocoon" ? daemons.get(shim.pid) : undefined;
         if (sock) sockets.add(sock);
       }
     },

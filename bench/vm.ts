@@ -110,6 +110,9 @@ export interface VmResult {
   guestMemoryMiB: number;
   /** Untimed first starts (page cache, KVM probe), one per handler. */
   warmup: VmRun[];
+  /** The VM pods' grouping and extra guest kernel parameters. */
+  grouping: "pod" | "node";
+  kernelParams: string;
   vm: VmRun[];
   runc: PodStartSample[];
   errors: string[];
@@ -339,10 +342,16 @@ async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => voi
 export interface VmBenchOptions {
   /** Measure memory with the host's KSM merging identical pages (restored afterwards). */
   ksm?: boolean;
+  /** What the rig's Cocoon config says, for the report. */
+  grouping?: "pod" | "node";
+  kernelParams?: string;
 }
 
 export async function benchVm(rig: VmRig, runs: number, pods: number, progress: (msg: string) => void, o: VmBenchOptions = {}): Promise<VmResult> {
-  const res: VmResult = { accel: "", guestKernel: rig.guestKernel, guestMemoryMiB: rig.memoryMiB, warmup: [], vm: [], runc: [], errors: [] };
+  const res: VmResult = {
+    accel: "", guestKernel: rig.guestKernel, guestMemoryMiB: rig.memoryMiB, grouping: o.grouping ?? "pod", kernelParams: o.kernelParams ?? "",
+    warmup: [], vm: [], runc: [], errors: [],
+  };
   const attempt = async (handler: string, name: string): Promise<VmRun | undefined> => {
     try {
       return await onePodStart(rig, handler, name);

@@ -1,10 +1,11 @@
 // The full shim (bundled as containerd-shim-cocoon-v2-full.cjs): wires the shim SDK to the runtimes (the only place
-// that knows both) and runs containerd's `delete` and our own `daemon` action. `start` is served by
-// the small entry (shim-main.ts) so that it does not pay for loading all of this.
+// that knows both) and runs containerd's `delete` and our own `daemon` and `spare` actions. `start` is
+// served by the small entry (shim-main.ts) so that it does not pay for loading all of this.
 import { parseShimFlags, FlagError } from "../shim/flags.js";
 import { writeStdout } from "../shim/bootstrap.js";
 import { deleteCommand } from "../shim/delete.js";
-import { runDaemon } from "../shim/daemon.js";
+import { runDaemon, spawnedHandoff, type DaemonDeps } from "../shim/daemon.js";
+import { runSpare } from "../shim/spare.js";
 import { RuncRuntime } from "../runtime/runc/runtime.js";
 import { cleanupRuncBundle } from "../runtime/runc/cleanup.js";
 import { cleanupVmBundle } from "../runtime/vm/cleanup.js";
@@ -12,6 +13,19 @@ import { invalidArgument } from "../shim/errors.js";
 import { sys } from "../sys/index.js";
 
 const VERSION = "0.1.0";
+
+const daemonDeps: DaemonDeps = {
+  sys,
+  async makeRuntime(mode, ctx, reaper) {
+    if (mode === "runc") return new RuncRuntime(ctx, sys, reaper);
+    if (mode === "vm") {
+      // Loaded only by vm-mode daemons: the agent API and VMM driver are not needed otherwise.
+      const [{ VmRuntime }, { Qemu }] = await Promise.all([import("../runtime/vm/runtime.js"), import("../runtime/vm/qemu.js")]);
+      return new VmRuntime(ctx, sys, new Qemu(ctx.config.vm.qemu), ctx.config.vm.stateDir);
+    }
+    throw invalidArgument(`mode "${mode}" is not available in this build`);
+  },
+};
 
 async function main(argv: string[]): Promise<number> {
   let flags;
@@ -38,18 +52,11 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case "daemon":
-      await runDaemon(flags, {
-        sys,
-        async makeRuntime(mode, ctx, reaper) {
-          if (mode === "runc") return new RuncRuntime(ctx, sys, reaper);
-          if (mode === "vm") {
-            // Loaded only by vm-mode daemons: the agent API and VMM driver are not needed otherwise.
-            const [{ VmRuntime }, { Qemu }] = await Promise.all([import("../runtime/vm/runtime.js"), import("../runtime/vm/qemu.js")]);
-            return new VmRuntime(ctx, sys, new Qemu(ctx.config.vm.qemu), ctx.config.vm.stateDir);
-          }
-          throw invalidArgument(`mode "${mode}" is not available in this build`);
-        },
-      });
+      await runDaemon(flags, daemonDeps, spawnedHandoff());
+      return -1;
+    case "spare":
+      // Idle until the launcher hands it a start; then it is that group's daemon (src/shim/spare.ts).
+      await runSpare(flags, { sys, becomeDaemon: (f, handoff) => runDaemon(f, daemonDeps, handoff) });
       return -1;
     default:
       process.stderr.write(`containerd-shim-cocoon-v2: unknown action "${flags.action}" (want start or delete)\n`);

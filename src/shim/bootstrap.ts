@@ -5,6 +5,7 @@ import type { Sys } from "../sys/types.js";
 import path from "node:path";
 import { readBootstrapParams, writeBootstrapResult } from "./options-wire.js";
 import { fastStartKey, rememberStart } from "./fast-start.js";
+import { SPARE_KEY_ENV, SPARE_WATCH_ENV, watchOf } from "./spare-pool.js";
 import { canConnect, socketPath, toAddress } from "./address.js";
 import { spawnChild } from "../sys/children.js";
 import type { CocoonConfig } from "./config.js";
@@ -105,7 +106,7 @@ function listen(sys: Sys, p: string): number | "in-use" {
   }
 }
 
-function writeAddressFile(bundle: string, address: string) {
+export function writeAddressFile(bundle: string, address: string) {
   const tmp = path.join(bundle, ".address");
   writeFileSync(tmp, address, { mode: 0o600 });
   renameSync(tmp, path.join(bundle, "address"));
@@ -119,6 +120,49 @@ function readAnnotations(bundle: string): Record<string, string> | undefined {
   }
 }
 
+/** What one `start` resolved to: the daemon's socket for this container, and what to tell containerd. */
+export interface StartPlan {
+  bundle: string;
+  input: StartInput;
+  cfg: CocoonConfig;
+  sock: string;
+  address: string;
+}
+
+/**
+ * Everything `start` decides before touching the socket: options in either protocol, the config they
+ * select (the environment's COCOON_CONFIG as fallback), the group's socket; and the fast-start memo.
+ */
+export function planStart(flags: ShimFlags, bundle: string, stdin: Uint8Array, env: NodeJS.ProcessEnv = process.env): StartPlan {
+  const input = parseStartInput(stdin, flags);
+  const cfg = resolveConfig(input.options, env);
+  const annotations = readAnnotations(bundle);
+  const sock = daemonSocket(flags, cfg, annotations, input.socketDir);
+  const address = toAddress(sock);
+  // The launcher's fast path only speaks containerd 1.6's plain-address reply. With node grouping
+  // the address does not depend on the container, so the memo's group is empty.
+  const memoGroup = cfg.grouping === "node" ? "" : groupOf(annotations, flags.id);
+  if (input.protocol === "legacy") rememberStart(fastStartKey(flags.address, flags.namespace, memoGroup, stdin), address);
+  return { bundle, input, cfg, sock, address };
+}
+
+/**
+ * Binds the group's socket for a new daemon, or finds that a live daemon already serves it
+ * ("reused"). A socket file nobody answers on is a dead daemon's (or a half-done spare's): replaced.
+ */
+export async function bindDaemonSocket(sys: Sys, sock: string): Promise<number | "reused"> {
+  mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const fd = listen(sys, sock);
+    if (fd !== "in-use") return fd;
+    if (await canConnect(sock, 100)) return "reused";
+    try {
+      unlinkSync(sock);
+    } catch {}
+  }
+  throw new Error(`cannot listen on ${sock}: stale socket keeps coming back`);
+}
+
 export interface StartResult {
   address: string;
   reused: boolean;
@@ -130,33 +174,14 @@ export interface StartResult {
  * printed, and it waits for every holder of that pipe, so the daemon gets no inherited stdio.
  */
 export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: string[]): Promise<StartResult> {
-  const bundle = process.cwd();
-  const stdin = readStdin();
-  const input = parseStartInput(stdin, flags);
-  const opts: RuntimeOptions = input.options;
-  const cfg = resolveConfig(opts);
-  const annotations = readAnnotations(bundle);
-  const sock = daemonSocket(flags, cfg, annotations, input.socketDir);
-  const address = toAddress(sock);
-  // The launcher's fast path only speaks containerd 1.6's plain-address reply. With node grouping
-  // the address does not depend on the container, so the memo's group is empty.
-  const memoGroup = cfg.grouping === "node" ? "" : groupOf(annotations, flags.id);
-  if (input.protocol === "legacy") rememberStart(fastStartKey(flags.address, flags.namespace, memoGroup, stdin), address);
-  mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const fd = listen(sys, sock);
-    if (fd === "in-use") {
-      if (await canConnect(sock, 100)) {
-        writeAddressFile(bundle, address);
-        return { address, reused: true, reply: startReply(input, address) };
-      }
-      try {
-        unlinkSync(sock);
-      } catch {}
-      continue;
-    }
+  const plan = planStart(flags, process.cwd(), readStdin());
+  const { bundle, input, sock, address } = plan;
+  const fd = await bindDaemonSocket(sys, sock);
+  if (fd !== "reused") {
     // The daemon inherits the listening socket as fd 3: containerd may connect as soon as we
     // exit, and the kernel queues that connection until the daemon accepts it.
+    const spareKey = process.env[SPARE_KEY_ENV];
+    const watch = spareKey ? watchOf(process.ppid) : undefined;
     const child = spawnChild(process.execPath, [...process.execArgv, ...daemonArgv], {
       cwd: bundle,
       detached: true,
@@ -164,18 +189,19 @@ export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: strin
       env: {
         ...process.env,
         ...(input.ttrpcAddress ? { TTRPC_ADDRESS: input.ttrpcAddress } : {}),
-        COCOON_OPTIONS: encodeOptions(opts),
+        // The daemon tops up the spare pool for the launcher that ran us (containerd = our parent).
+        ...(watch ? { [SPARE_WATCH_ENV]: watch } : {}),
+        COCOON_OPTIONS: encodeOptions(input.options),
         COCOON_SOCKET: sock,
       },
     });
     child.unref();
-    adjustOomScore(child.pid);
-    if (opts.kind === "runc" && opts.shimCgroup && child.pid) joinCgroup(opts.shimCgroup, child.pid);
+    if (child.pid) adjustOomScore(child.pid, process.ppid);
+    if (input.options.kind === "runc" && input.options.shimCgroup && child.pid) joinCgroup(input.options.shimCgroup, child.pid);
     closeSync(fd);
-    writeAddressFile(bundle, address);
-    return { address, reused: false, reply: startReply(input, address) };
   }
-  throw new Error(`cannot listen on ${sock}: stale socket keeps coming back`);
+  writeAddressFile(bundle, address);
+  return { address, reused: fd === "reused", reply: startReply(input, address) };
 }
 
 /** The daemon gets the decoded options as JSON (bytes as base64), whatever protocol carried them. */
@@ -189,15 +215,14 @@ export function decodeOptionsEnv(text: string | undefined): RuntimeOptions {
 }
 
 /** Like containerd's shims: a bit more likely to be OOM-killed than containerd itself. */
-function adjustOomScore(pid: number | undefined) {
-  if (!pid) return;
+export function adjustOomScore(pid: number, containerdPid: number) {
   try {
-    const parent = Number(readFileSync(`/proc/${process.ppid}/oom_score_adj`, "utf8"));
+    const parent = Number(readFileSync(`/proc/${containerdPid}/oom_score_adj`, "utf8"));
     writeFileSync(`/proc/${pid}/oom_score_adj`, String(Math.min(parent + 1, 1000)));
   } catch {}
 }
 
-function joinCgroup(cg: string, pid: number) {
+export function joinCgroup(cg: string, pid: number) {
   for (const base of ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids"]) {
     try {
       writeFileSync(path.join(base, cg, "cgroup.procs"), String(pid));

@@ -44,6 +44,11 @@ export interface CocoonConfig {
   mode: Mode;
   grouping: Grouping;
   logLevel: "debug" | "info" | "warn" | "error";
+  /**
+   * Idle, already booted shim processes kept ready to become the next pod's daemon, so that a pod's
+   * first `start` pays no Node start-up (src/shim/spare.ts). Only used with pod grouping; 0 disables.
+   */
+  spareDaemons: number;
   runc: RuncConfig;
   vm: VmConfig;
   /** Where the file came from ("" = built-in defaults). */
@@ -57,6 +62,7 @@ export function defaultConfig(): CocoonConfig {
     mode: "runc",
     grouping: "pod",
     logLevel: "info",
+    spareDaemons: 1,
     runc: { binary: "runc", root: "/run/containerd/cocoon", systemdCgroup: false, noPivotRoot: false, noNewKeyring: false, criuPath: "" },
     vm: {
       qemu: "qemu-system-x86_64",
@@ -106,10 +112,12 @@ export function parseConfig(text: string, where: string): CocoonConfig {
   }
   const cfg = defaultConfig();
   cfg.source = where;
-  checkKeys(doc, ["mode", "grouping", "log_level", "runc", "vm"], where, "");
+  checkKeys(doc, ["mode", "grouping", "log_level", "spare_daemons", "runc", "vm"], where, "");
   cfg.mode = oneOf(pick(doc, "mode", "string", where, cfg.mode), ["runc", "vm"] as const, "mode", where);
   cfg.grouping = oneOf(pick(doc, "grouping", "string", where, cfg.grouping), ["pod", "node"] as const, "grouping", where);
   cfg.logLevel = oneOf(pick(doc, "log_level", "string", where, cfg.logLevel), ["debug", "info", "warn", "error"] as const, "log_level", where);
+  cfg.spareDaemons = pick(doc, "spare_daemons", "number", where, cfg.spareDaemons);
+  if (!Number.isInteger(cfg.spareDaemons) || cfg.spareDaemons < 0 || cfg.spareDaemons > 8) throw invalidArgument(`config ${where}: spare_daemons must be an integer from 0 to 8`);
   const runc = (doc["runc"] ?? {}) as Table;
   checkKeys(runc, ["binary", "root", "systemd_cgroup", "no_pivot_root", "no_new_keyring", "criu_path"], where, "runc.");
   cfg.runc = {

@@ -1,5 +1,6 @@
-// The long-running shim process: serves the Task API on the socket `start` handed over (fd 3),
-// for every container of its group, and exits after the last container's Shutdown.
+// The long-running shim process: serves the Task API on the socket it is handed (inherited from
+// `start` as fd 3, or bound by a spare that became this daemon), for every container of its group,
+// and exits after the last container's Shutdown.
 import net from "node:net";
 import { unlinkSync } from "node:fs";
 import path from "node:path";
@@ -8,7 +9,9 @@ import type { Sys } from "../sys/types.js";
 import type { ShimFlags } from "./flags.js";
 import { readShimEnv } from "./flags.js";
 import { Logger } from "./log.js";
-import { resolveConfig } from "./options.js";
+import { resolveConfig, type RuntimeOptions } from "./options.js";
+import type { CocoonConfig } from "./config.js";
+import { SPARE_KEY_ENV, SPARE_WATCH_ENV, topUpSpares } from "./spare-pool.js";
 import { decodeOptionsEnv } from "./bootstrap.js";
 import { forgetDaemon, recordDaemon } from "./fast-start.js";
 import { Publisher } from "./publisher.js";
@@ -23,15 +26,45 @@ export interface DaemonDeps {
   makeRuntime(mode: string, ctx: RuntimeContext, reaper: Reaper): Runtime | Promise<Runtime>;
 }
 
-export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
+/** What the daemon serves and where: the listening socket and the `start` that made it. */
+export interface DaemonHandoff {
+  /** A listening AF_UNIX socket, owned by the daemon from now on. */
+  listenFd: number;
+  /** Its path: unlinked on exit, and the key of the fast-start record. */
+  socket: string;
+  options: RuntimeOptions;
+  /** The first container's bundle, whose log FIFO takes the daemon's first log lines. */
+  bundle: string;
+  /** The spare pool this daemon tops up (pod grouping with spare_daemons > 0), if it came by the launcher. */
+  spares?: { key: string; watch: string };
+}
+
+/** The daemon `start` spawned: the socket is fd 3, the rest in the environment and the cwd. */
+export function spawnedHandoff(env: NodeJS.ProcessEnv = process.env): DaemonHandoff {
+  const key = env[SPARE_KEY_ENV];
+  const watch = env[SPARE_WATCH_ENV];
+  return {
+    listenFd: 3,
+    socket: env["COCOON_SOCKET"] ?? "",
+    options: decodeOptionsEnv(env["COCOON_OPTIONS"]),
+    bundle: process.cwd(),
+    ...(key && watch ? { spares: { key, watch } } : {}),
+  };
+}
+
+/** How long after it starts serving a daemon tops up the spare pool: not while its first container is created. */
+const SPARE_TOP_UP_DELAY_MS = 1500;
+
+export async function runDaemon(flags: ShimFlags, deps: DaemonDeps, handoff: DaemonHandoff) {
+  const t0 = performance.now();
   const env = readShimEnv(process.env);
   const log = new Logger("info", { runtime: "cocoon" });
-  log.addSink("first", path.join(process.cwd(), "log"));
+  log.addSink("first", path.join(handoff.bundle, "log"));
   // The first bundle may be deleted while we still serve its pod: hold no reference to it.
   process.chdir("/");
   let cfg;
   try {
-    cfg = resolveConfig(decodeOptionsEnv(process.env["COCOON_OPTIONS"]));
+    cfg = resolveConfig(handoff.options);
   } catch (err) {
     log.error("bad runtime options", { err: (err as Error).message });
     process.exit(1);
@@ -53,7 +86,8 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
   }, reaper);
   tasks = new TaskManager(runtime, publisher);
   const server = new TtrpcServer({ onError: (err, where) => log.warn("ttrpc", { where, err: (err as Error)?.message ?? String(err) }) });
-  const socket = process.env["COCOON_SOCKET"] ?? "";
+  const socket = handoff.socket;
+  const topUp = spareTopUp(flags, cfg, handoff, log);
   let exiting = false;
   const exit = async (code = 0) => {
     if (exiting) return;
@@ -64,6 +98,8 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
       log.warn("runtime shutdown", { err: (err as Error).message });
     }
     await Promise.race([publisher.flush(), new Promise((r) => setTimeout(r, 2000))]);
+    // Our container is gone, so a replacement spare no longer competes with it.
+    topUp.now();
     publisher.close();
     reaper.stop();
     if (socket) {
@@ -90,9 +126,41 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps) {
   const listener = net.createServer();
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
-    listener.listen({ fd: 3 }, () => resolve());
+    listener.listen({ fd: handoff.listenFd }, () => resolve());
   });
   server.serve(listener);
   if (socket) recordDaemon(socket);
-  log.info("shim serving", { pid: process.pid, mode: cfg.mode, grouping: cfg.grouping, socket, config: cfg.source || "(defaults)" });
+  topUp.later(SPARE_TOP_UP_DELAY_MS);
+  log.info("shim serving", { pid: process.pid, mode: cfg.mode, grouping: cfg.grouping, socket, config: cfg.source || "(defaults)", setupMs: Math.round(performance.now() - t0) });
+}
+
+/** Starts (at most once) a spare for the pool this daemon's launcher uses, if the config wants spares. */
+function spareTopUp(flags: ShimFlags, cfg: CocoonConfig, handoff: DaemonHandoff, log: Logger) {
+  let done = !handoff.spares || cfg.grouping !== "pod" || cfg.spareDaemons <= 0;
+  let timer: NodeJS.Timeout | undefined;
+  const now = () => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    try {
+      const pid = topUpSpares({
+        key: handoff.spares!.key,
+        want: cfg.spareDaemons,
+        address: flags.address,
+        watch: handoff.spares!.watch,
+        // The full bundle is what this daemon runs: argv[1].
+        nodeArgs: [...process.execArgv, process.argv[1]!],
+        env: process.env,
+      });
+      if (pid) log.debug("spare daemon started", { pid });
+    } catch (err) {
+      log.warn("cannot start a spare daemon", { err: (err as Error).message });
+    }
+  };
+  return {
+    now,
+    later(ms: number) {
+      if (!done) timer = setTimeout(now, ms).unref();
+    },
+  };
 }

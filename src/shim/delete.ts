@@ -7,6 +7,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
 import type { ShimFlags } from "./flags.js";
 import { canConnect } from "./address.js";
+import { sweepSpares } from "./spare-pool.js";
 
 /** What a runtime leaves in the bundle so `delete` can clean up without the daemon. */
 export interface BundleState {
@@ -45,6 +46,7 @@ export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, C
     if (cleanup) pid = (await cleanup(flags.id, bundle, state)).pid;
   }
   await removeDeadSocket(bundle);
+  sweepSpares();
   const res = create(DeleteResponseSchema, { pid, exitStatus: 128 + 9, exitedAt: timestampFromDate(new Date()) });
   return toBinary(DeleteResponseSchema, res);
 }

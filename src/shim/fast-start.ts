@@ -3,6 +3,7 @@
 // grouping): Node's own start-up costs more than runc-v2's whole `start`. The Node path records
 // "these inputs led to this address" and each daemon records its pid; the launcher recomputes the
 // same key with sha256sum and trusts the memo only while that daemon is alive and owns the socket.
+// A daemon's record is "<pid> <start time> <socket>", so that a reused pid never passes for it.
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -33,10 +34,39 @@ export function daemonPidFile(socket: string): string {
   return path.join(RUN_DIR, "daemons", path.basename(socket));
 }
 
+/** Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, it names one process for good. */
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
 export function recordDaemon(socket: string) {
   try {
-    writeAtomic(daemonPidFile(socket), String(process.pid));
+    writeAtomic(daemonPidFile(socket), `${process.pid} ${processStartTime(process.pid) ?? "?"} ${socket}`);
   } catch {}
+}
+
+/** Live daemons (pid → socket), from their records (whichever way they were started: spawned, or a spare). */
+export function liveDaemons(): Map<number, string> {
+  const out = new Map<number, string>();
+  const dir = path.join(RUN_DIR, "daemons");
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const n of names) {
+    try {
+      const [pid, start, socket] = readFileSync(path.join(dir, n), "utf8").trim().split(" ");
+      if (pid && start && socket && processStartTime(Number(pid)) === start) out.set(Number(pid), socket);
+    } catch {}
+  }
+  return out;
 }
 
 /** On exit: no memo may point at this daemon any more. */

@@ -3,7 +3,10 @@ import { canConnect } from "../../src/shim/address.js";
 import { readdirSync, readlinkSync } from "node:fs";
 import { basename, join } from "node:path";
 import { HARNESS_DIR_PREFIX, liveContainerdPids, ownHarnessDirs, SHIM_SOCKET_DIR, type Containerd } from "./containerd.js";
-import { describeMount, describeProcess, listProcesses, processKey, readMountinfo, type ProcInfo } from "./procfs.js";
+import { cocoonRole, describeMount, describeProcess, flagValue, listProcesses, processKey, readMountinfo, type ProcInfo } from "./procfs.js";
+import { liveDaemons } from "../../src/shim/fast-start.js";
+import { parseSpareName, spareOfEntry, SPARES_DIR } from "../../src/shim/spare-pool.js";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { run, sleep } from "./util.js";
 
 /** Substrings of a program's file name that mark it as part of a container runtime. */
@@ -25,6 +28,7 @@ export interface HostSnapshot {
   netns: Set<string>;
   taps: Set<string>;
   stateEntries: Set<string>;
+  spareEntries: Set<string>;
   watchDirs: string[];
 }
 
@@ -149,8 +153,42 @@ function stateEntries(extra: string[]): Set<string> {
   return out;
 }
 
+/** The spare pool registry (src/shim/spare-pool.ts) two levels deep, relative to its dir. */
+function spareEntries(): Set<string> {
+  const out = new Set<string>();
+  if (existsSync(SPARES_DIR)) out.add(".");
+  for (const e of listDir(SPARES_DIR)) {
+    out.add(e);
+    for (const sub of listDir(join(SPARES_DIR, e))) out.add(join(e, sub));
+  }
+  return out;
+}
+
+/** A registry entry is left behind when it names a dead spare, or is a pool dir nobody uses any more. */
+function staleSpareEntry(e: string): boolean {
+  const full = join(SPARES_DIR, e);
+  const parts = e.split("/");
+  if (parts.length === 2) return !parseSpareName(spareOfEntry(parts[1]!));
+  if (e.endsWith(".starting")) {
+    try {
+      const pid = readFileSync(full, "utf8").trim();
+      return pid ? !existsSync(`/proc/${pid}`) : Date.now() - statSync(full).mtimeMs > 5_000;
+    } catch {
+      return false;
+    }
+  }
+  return listDir(full).length === 0;
+}
+
+/** An idle spare daemon whose containerd still runs is ready for the next start, not left behind. */
+async function isWaitingSpare(p: ProcInfo, daemons: Map<number, string>): Promise<boolean> {
+  const address = flagValue(p.args, "address");
+  return cocoonRole(p, daemons) === "spare" && !!address && (await canConnect(address, 200));
+}
+
 async function observe(watchDirs: string[]) {
   return {
+    spareEntries: spareEntries(),
     procs: listProcesses(),
     mounts: runtimeMounts(),
     shimSockets: new Set(listDir(SHIM_SOCKET_DIR)),
@@ -173,12 +211,16 @@ export async function findLeaks(before: HostSnapshot): Promise<string[]> {
   const leaks: string[] = [];
   const byPid = new Map(now.procs.map((p) => [p.pid, p]));
   const lineage = ownLineage(byPid);
+  const daemons = liveDaemons();
   for (const p of now.procs) {
     // A running harness containerd is expected; after stop() it is gone, and its pid leaves the set.
     if (p.pid === process.pid || liveContainerdPids.has(p.pid) || !isRuntimeProcess(p)) continue;
     if (before.allProcesses.has(processKey(p)) || startedBySomeoneElse(p, byPid, lineage, before.allProcesses)) continue;
+    // A spare that outlives its containerd is a leak like any other process.
+    if (await isWaitingSpare(p, daemons)) continue;
     leaks.push(`process ${describeProcess(p)}`);
   }
+  for (const e of now.spareEntries) if (!before.spareEntries.has(e) && staleSpareEntry(e)) leaks.push(`spare registry entry ${join(SPARES_DIR, e)}`);
   for (const [k, d] of now.mounts) if (!before.mounts.has(k)) leaks.push(`mount ${d}`);
   for (const s of now.shimSockets) {
     // A socket someone still listens on belongs to a live shim: if that shim is ours, the process

@@ -1,5 +1,6 @@
 // Read-only views of host state from /proc, used by the harness teardown and the leak checker.
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { liveDaemons } from "../../src/shim/fast-start.js";
 
 export interface ProcInfo {
   pid: number;
@@ -118,4 +119,33 @@ export function withDescendants(roots: ProcInfo[], all: ProcInfo[]): ProcInfo[] 
     }
   }
   return [...byPid.values()];
+}
+
+/** The value of a Go-style flag (`-name value`, `--name value`, `-name=value`) in an argv. */
+export function flagValue(args: string[], name: string): string | undefined {
+  const i = args.findIndex((a) => a === `-${name}` || a === `--${name}`);
+  if (i >= 0) return args[i + 1];
+  const eq = args.find((a) => a.startsWith(`-${name}=`) || a.startsWith(`--${name}=`));
+  return eq?.slice(eq.indexOf("=") + 1);
+}
+
+export type CocoonRole = "daemon" | "spare";
+
+/**
+ * What a long-lived Cocoon shim process is: a daemon serving containers, or an idle spare waiting to
+ * become one. A spare keeps its argv (action `spare`) when it becomes a daemon, so that is told by
+ * the daemon records (src/shim/fast-start.ts), which name the pid once it serves.
+ */
+export function cocoonRole(p: ProcInfo, daemons: Map<number, string> = liveDaemons()): CocoonRole | undefined {
+  if (!p.args.some((a) => a.includes("containerd-shim-cocoon"))) return undefined;
+  const action = p.args[p.args.length - 1];
+  if (action === "daemon") return "daemon";
+  if (action === "spare") return daemons.has(p.pid) ? "daemon" : "spare";
+  return undefined;
+}
+
+/** Pids of the Cocoon shims of the containerd at `address` in this role. */
+export function cocoonShims(address: string, role: CocoonRole, all: ProcInfo[] = listProcesses()): number[] {
+  const daemons = liveDaemons();
+  return all.filter((p) => flagValue(p.args, "address") === address && cocoonRole(p, daemons) === role).map((p) => p.pid);
 }

@@ -10,7 +10,7 @@ import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, sleep, waitFor } from "../helpers/util.js";
-import { listProcesses } from "../helpers/procfs.js";
+import { cocoonShims } from "../helpers/procfs.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
 
@@ -57,6 +57,6 @@ describe("containerd killed and restarted under running Cocoon containers", { ti
     await ctrd.ctr(["task", "rm", id]);
     await ctrd.ctr(["container", "rm", id]);
     // The re-attached shim got Delete and Shutdown from the new containerd, so it exits by itself.
-    await waitFor(() => !listProcesses().some((p) => p.args.some((a) => a.includes("containerd-shim-cocoon-v2")) && p.args.includes(ctrd.address)), { timeoutMs: 10_000, what: "the shim to exit" });
+    await waitFor(() => cocoonShims(ctrd.address, "daemon").length === 0, { timeoutMs: 10_000, what: "the shim to exit" });
   });
 });

@@ -13,18 +13,16 @@ import type { Containerd } from "../helpers/containerd.js";
 import { startCriLab } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { listProcesses } from "../helpers/procfs.js";
+import { cocoonShims } from "../helpers/procfs.js";
 import { repoRoot, run, waitFor } from "../helpers/util.js";
 
 const HANDLER = "cocoon-runc";
 const text = (b: Uint8Array) => Buffer.from(b).toString("utf8");
 let seq = 0;
 
-/** Cocoon daemons serving this containerd (their arguments carry its socket path). */
+/** Cocoon daemons serving this containerd (their arguments carry its socket path); idle spares do not count. */
 function shimDaemons(ctrd: Containerd): number[] {
-  return listProcesses()
-    .filter((p) => p.args.some((a) => a.includes("containerd-shim-cocoon-v2")) && p.args.includes("daemon") && p.args.includes(ctrd.address))
-    .map((p) => p.pid);
+  return cocoonShims(ctrd.address, "daemon");
 }
 
 /** Interface names in /proc/net/dev text. */

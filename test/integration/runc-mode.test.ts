@@ -1,7 +1,7 @@
 // runc mode through the real containerd: ctr drives our shim exactly as it drives runc-v2.
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
@@ -9,6 +9,7 @@ import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+import { cocoonShims } from "../helpers/procfs.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
 let currentAddress = "";
@@ -16,17 +17,9 @@ const APP_IMAGE = "cocoon.local/busybox-app:latest";
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 
-/** Our shim daemons serving this file's containerd (other runs may have shims of their own). */
+/** Our shim daemons serving this file's containerd (other runs may have shims of their own; idle spares do not count). */
 function shimPids(address = currentAddress): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync("/proc")) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8");
-      if (cmd.includes("containerd-shim-cocoon-v2") && cmd.includes("daemon") && cmd.includes(address)) out.push(Number(p));
-    } catch {}
-  }
-  return out;
+  return cocoonShims(address, "daemon");
 }
 
 /** Runs a shell command line under a pseudo-terminal (util-linux `script`), returning what it printed. */

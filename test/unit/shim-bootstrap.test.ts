@@ -81,6 +81,18 @@ test("config: defaults, validation, unknown keys are errors", () => {
   assert.throws(() => parseConfig("mode = ", "t.toml"), (e: ShimError) => e.kind === "InvalidArgument");
 });
 
+test("config: spare_daemons defaults to one, 0 disables, anything but a small integer is an error", () => {
+  assert.equal(defaultConfig().spareDaemons, 1);
+  assert.equal(parseConfig("", "t.toml").spareDaemons, 1);
+  assert.equal(parseConfig("spare_daemons = 0", "t.toml").spareDaemons, 0);
+  assert.equal(parseConfig('grouping = "pod"\nspare_daemons = 3', "t.toml").spareDaemons, 3);
+  assert.throws(() => parseConfig("spare_daemons = -1", "t.toml"), /spare_daemons must be an integer from 0 to 8/);
+  assert.throws(() => parseConfig("spare_daemons = 1.5", "t.toml"), /spare_daemons/);
+  assert.throws(() => parseConfig("spare_daemons = 100", "t.toml"), /spare_daemons/);
+  assert.throws(() => parseConfig('spare_daemons = "1"', "t.toml"), /"spare_daemons" must be a number/);
+  assert.throws(() => parseConfig("[runc]\nspare_daemons = 1", "t.toml"), /unknown key "runc.spare_daemons"/);
+});
+
 test("containerd 2.x bootstrap: protobuf params in, protobuf result out; 1.6 stays plain", () => {
   const flags = parseShimFlags(["-namespace", "k8s.io", "-address", "/c.sock", "-id", "c1", "start"]);
   const opts = create(AnySchema, {

@@ -3,6 +3,7 @@
 // busybox/pause images, and Cocoon's runtime handlers pointing at this checkout's shim. stop() takes it all
 // down again, by force where a clean shutdown did not finish.
 import { canConnect } from "../../shim/address.js";
+import { sweepSpares } from "../../shim/spare-pool.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -186,6 +187,8 @@ async function removeInstance(dir: string, network: CniNetwork | undefined, shim
   }
   const killDeadline = Date.now() + 3_000;
   while (stray.some((p) => isAlive(p.pid)) && Date.now() < killDeadline) await delay(50);
+  // Spare daemons killed above (idle, or still booting) leave their pool entries in /run/cocoon.
+  sweepSpares();
   for (const m of mountsUnder(dir)) {
     forced.push(`mount ${m}`);
     const r = await runCommand(["umount", m], 10_000);
