@@ -33,7 +33,8 @@ guest_qemu_args() {
   esac
   # The initramfs root holds ~100 MB; the kernel's default tmpfs rootfs is capped at half of
   # RAM, ramfs is not, so 256M guests can unpack it.
-  append="console=ttyS0 quiet panic=-1 rootfstype=ramfs"
+  # The same fast-boot parameters as src/runtime/vm/qemu.ts (FAST_BOOT_PARAMS; why: see there).
+  append="console=ttyS0 quiet panic=-1 rootfstype=ramfs cryptomgr.notests i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd no_timer_check tsc=reliable rcupdate.rcu_expedited=1 pci=lastbus=0"
   if [[ $machine == microvm && $accel == tcg ]]; then
     # microvm has neither HPET nor ACPI PM timer, and under TCG the PIT calibration of the TSC
     # often fails, after which the boot hangs for good. TCG's guest TSC runs at the host's TSC
