@@ -308,7 +308,7 @@ function checkKsm(env: CheckEnv): CheckResult {
   const run = env.readFile("/sys/kernel/mm/ksm/run")?.trim();
   if (run === undefined) return warn("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm)", "a kernel with CONFIG_KSM lets VM pods share identical guest pages");
   if (run === "1") return ok("ksm", "on: identical guest pages of VM pods are merged");
-  return warn("ksm", "off: VM pods do not share identical guest pages (~65 MB more host memory per VM pod measured at 3 pods)",
+  return warn("ksm", "off: VM pods do not share identical guest pages (measured: ~67 MB more host memory per VM pod with 3 pods, ~82 MB with 10)",
     'echo 1 > /sys/kernel/mm/ksm/run (and vm.kernel_params = "nokaslr" so guests\' kernel text is identical)');
 }
 
