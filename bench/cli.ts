@@ -36,6 +36,8 @@ export interface BenchOptions {
   vmKernelParams: string;
   /** Read VM memory with host KSM merging identical pages (implies kernel_params "nokaslr" unless given). */
   vmKsm: boolean;
+  /** vm.tcg_cache_mib for the VM pods (undefined: the shipped default). */
+  vmTcgCacheMiB: number | undefined;
   variants: Variant[];
   /** Where results go; default bench/results. */
   outDir: string | undefined;
@@ -53,6 +55,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --vm-accel A         vm.accel of the Cocoon config: auto, kvm or tcg (default auto)
   --vm-grouping G      grouping of the VM pods' config: pod (default, a shim per VM) or node
   --vm-kernel-params P vm.kernel_params for the VM pods (e.g. nokaslr)
+  --vm-tcg-cache MIB   vm.tcg_cache_mib for the VM pods (TCG's translation cache; default: the config's)
   --vm-ksm             read VM memory with the host's KSM on (turned on for the test, then restored;
                        guests get kernel_params "nokaslr" unless --vm-kernel-params says otherwise)
   --only latency|bootstrap|memory|vm
@@ -78,7 +81,7 @@ function int(v: string | undefined, flag: string, min: number): number {
 export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     runs: 20, warmup: 2, bootstrapRuns: 15, pods: 10, perPod: 3, settleSec: 2,
-    sections: ["latency", "bootstrap", "memory", "vm"], vmRuns: 5, vmPods: 3, vmAccel: "auto", vmGrouping: "pod", vmKernelParams: "", vmKsm: false,
+    sections: ["latency", "bootstrap", "memory", "vm"], vmRuns: 5, vmPods: 3, vmAccel: "auto", vmGrouping: "pod", vmKernelParams: "", vmKsm: false, vmTcgCacheMiB: undefined,
     variants: [], outDir: undefined,
   };
   let kernelParamsGiven = false;
@@ -110,6 +113,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       }
       case "--vm-kernel-params": o.vmKernelParams = value() ?? ""; kernelParamsGiven = true; break;
       case "--vm-ksm": o.vmKsm = true; break;
+      case "--vm-tcg-cache": o.vmTcgCacheMiB = int(value(), flag, 0); break;
       case "--out": o.outDir = value(); break;
       case "--only": {
         const v = value();

@@ -102,7 +102,9 @@ async function benchRuncMode(opts: BenchOptions, rep: BenchReport, onStop: (stop
 /** The vm-mode section, in its own private containerd with the CRI plugin and a CNI bridge. */
 async function benchVmMode(opts: BenchOptions, rep: BenchReport, onStop: (stop: () => Promise<string[]>) => void): Promise<void> {
   progress(`vm: starting a private containerd with the CRI plugin (cocoon handler in vm mode, accel = "${opts.vmAccel}")`);
-  const rig = await startVmRig(opts.vmAccel, { grouping: opts.vmGrouping, kernelParams: opts.vmKernelParams });
+  const rig = await startVmRig(opts.vmAccel, {
+    grouping: opts.vmGrouping, kernelParams: opts.vmKernelParams, ...(opts.vmTcgCacheMiB !== undefined ? { tcgCacheMiB: opts.vmTcgCacheMiB } : {}),
+  });
   let stopping: Promise<string[]> | undefined;
   const stop = () => (stopping ??= rig.stop());
   onStop(stop);

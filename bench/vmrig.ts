@@ -50,6 +50,8 @@ export interface VmRigOptions {
   grouping?: "pod" | "node";
   /** vm.kernel_params (e.g. "nokaslr", so that guests' kernel text is identical and KSM can merge it). */
   kernelParams?: string;
+  /** vm.tcg_cache_mib (default: the shipped default). */
+  tcgCacheMiB?: number;
 }
 
 export async function startVmRig(accel: "auto" | "kvm" | "tcg", o: VmRigOptions = {}): Promise<VmRig> {
@@ -59,7 +61,8 @@ export async function startVmRig(accel: "auto" | "kvm" | "tcg", o: VmRigOptions 
     'mode = "vm"', `grouping = "${o.grouping ?? "pod"}"`, 'log_level = "info"', "[vm]",
     `kernel = "${GUEST_DIR}/vmlinux"`, `initrd = "${GUEST_DIR}/initramfs-9p.cpio.zst"`, `rootfs = "${GUEST_DIR}/rootfs.erofs"`,
     `accel = "${accel}"`, `memory_mib = ${VM_MEMORY_MIB}`, "boot_timeout_sec = 150", `state_dir = "${dir}/vm"`,
-    ...(o.kernelParams ? [`kernel_params = ${JSON.stringify(o.kernelParams)}`] : []), "",
+    ...(o.kernelParams ? [`kernel_params = ${JSON.stringify(o.kernelParams)}`] : []),
+    ...(o.tcgCacheMiB !== undefined ? [`tcg_cache_mib = ${o.tcgCacheMiB}`] : []), "",
   ].join("\n"));
   const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${VM_HANDLER}`;
   let ctrd: Containerd | undefined;
