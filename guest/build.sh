@@ -52,7 +52,7 @@ KERNEL_META=linux-image-amd64
 # it loads, and without modprobe in the guest nothing would load the algorithm on demand.
 MODULES=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk virtio_rng
   9pnet_virtio 9p overlay vmw_vsock_virtio_transport
-  virtio_pmem nd_pmem crc32c_generic erofs)
+  virtio_pmem nd_pmem crc32c_generic erofs virtio_balloon)
 EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
 
 log() { echo "guest/build: $*" >&2; }

@@ -71,7 +71,8 @@ guest_qemu_args() {
     -device "virtserialport,bus=vser0.0,chardev=agent,name=agent.0"
     -fsdev "local,id=fs0,path=$SHARE_DIR,security_model=none"
     -device "virtio-9p-$bus,fsdev=fs0,mount_tag=cocoon"
-    -device "virtio-rng-$bus")
+    -device "virtio-rng-$bus"
+    -device "virtio-balloon-$bus,free-page-reporting=on")
   [[ -n ${PIDFILE:-} ]] && QEMU_ARGS+=(-pidfile "$PIDFILE")
   return 0
 }

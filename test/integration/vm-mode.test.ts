@@ -17,6 +17,17 @@ const manifestPath = path.join(OUT, "manifest.json");
 const built = existsSync(manifestPath) && existsSync(path.join(OUT, "vmlinux"));
 const guestRelease: string = built ? JSON.parse(readFileSync(manifestPath, "utf8")).kernel?.release ?? "" : "";
 let seq = 0;
+
+/** Resident MiB of QEMU's guest RAM block (the anonymous mapping of the configured size). */
+function guestRamRssMiB(qemuPid: number, memoryMiB: number): number {
+  let inRam = false;
+  for (const line of readFileSync(`/proc/${qemuPid}/smaps`, "utf8").split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (m) inRam = parseInt(m[2]!, 16) - parseInt(m[1]!, 16) === memoryMiB * 1024 * 1024;
+    else if (inRam && line.startsWith("Rss:")) return Math.round(Number(line.split(/\s+/)[1]) / 1024);
+  }
+  throw new Error(`no ${memoryMiB} MiB mapping in QEMU ${qemuPid}`);
+}
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 
 describe("vm mode through containerd and ctr", { skip: !built && "guest/out not built (run guest/build.sh)", timeout: 600_000 }, () => {
@@ -138,6 +149,23 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     await waitFor(async () => /STOPPED/.test(await status()), { timeoutMs: 30_000, what: "stopped" });
     await ctrd.ctr(["task", "rm", id]);
     await ctrd.ctr(["container", "rm", id]);
+  });
+
+  it("memory the guest frees goes back to the host (free page reporting)", async () => {
+    const state = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", pod, "cocoon-state.json"), "utf8"));
+    const ram = () => guestRamRssMiB(state.qemuPid, 512);
+    const before = ram();
+    // ~150 MB of anonymous memory in the guest, held while we look, freed when the process exits.
+    const hog = spawn("ctr", ["--address", ctrd.address, "task", "exec", "--exec-id", uid("hog"), pod,
+      "awk", 'BEGIN { s = sprintf("%150000000s", ""); print "allocated"; fflush(); system("sleep 4") }'], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    hog.stdout!.on("data", (d) => (out += d));
+    const exited = new Promise((r) => hog.on("close", r));
+    await waitFor(() => out.includes("allocated"), { timeoutMs: 120_000, what: "the guest process to allocate" });
+    const peak = ram();
+    assert.ok(peak >= before + 100, `guest RAM resident ${before} MiB before, ${peak} MiB while allocated`);
+    await exited;
+    await waitFor(() => ram() <= peak - 100, { timeoutMs: 60_000, intervalMs: 1000, what: `guest RAM to drop from ${peak} MiB (now ${ram()} MiB)` });
   });
 
   it("signals reach the container in the guest", async () => {
