@@ -8,6 +8,7 @@ import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
 import type { ShimFlags } from "./flags.js";
 import { canConnect } from "./address.js";
 import { sweepSpares } from "./spare-pool.js";
+import { sweepDeadDaemons } from "./fast-start.js";
 
 /** What a runtime leaves in the bundle so `delete` can clean up without the daemon. */
 export interface BundleState {
@@ -47,6 +48,7 @@ export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, C
   }
   await removeDeadSocket(bundle);
   sweepSpares();
+  sweepDeadDaemons();
   const res = create(DeleteResponseSchema, { pid, exitStatus: 128 + 9, exitedAt: timestampFromDate(new Date()) });
   return toBinary(DeleteResponseSchema, res);
 }

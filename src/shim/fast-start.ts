@@ -5,7 +5,7 @@
 // same key with sha256sum and trusts the memo only while that daemon is alive and owns the socket.
 // A daemon's record is "<pid> <start time> <socket>", so that a reused pid never passes for it.
 import { createHash } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 export const RUN_DIR = process.env["COCOON_RUN_DIR"] || "/run/cocoon";
@@ -84,5 +84,43 @@ export function forgetDaemon(socket: string) {
     try {
       if (readFileSync(path.join(dir, n), "utf8") === address) rmSync(path.join(dir, n), { force: true });
     } catch {}
+  }
+}
+
+/**
+ * Removes the records of daemons that are gone without saying so (SIGKILL, a crash) and every memo
+ * that no live daemon backs: nothing else would, and they would pile up in /run for the node's
+ * lifetime. Memos younger than a few seconds stay: their daemon may still be booting. `delete`,
+ * which containerd runs after every task and every dead shim, calls this.
+ */
+export function sweepDeadDaemons(now = Date.now()) {
+  const live = new Set<string>();
+  const daemons = path.join(RUN_DIR, "daemons");
+  for (const n of listNames(daemons)) {
+    const file = path.join(daemons, n);
+    try {
+      const [pid, start] = readFileSync(file, "utf8").trim().split(" ");
+      if (pid && start && processStartTime(Number(pid)) === start) live.add(n);
+      else rmSync(file, { force: true });
+    } catch {}
+  }
+  const memos = path.join(RUN_DIR, "start-cache");
+  for (const n of listNames(memos)) {
+    const file = path.join(memos, n);
+    try {
+      if (now - statSync(file).mtimeMs < MEMO_GRACE_MS) continue;
+      const sock = readFileSync(file, "utf8").trim().replace(/^unix:\/\//, "");
+      if (!live.has(path.basename(sock))) rmSync(file, { force: true });
+    } catch {}
+  }
+}
+
+const MEMO_GRACE_MS = 10_000;
+
+function listNames(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
   }
 }

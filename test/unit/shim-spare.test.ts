@@ -92,3 +92,26 @@ test("sweepSpares removes what dead spares left (boot marker, registration, empt
   rmSync(path.join(pool.SPARES_DIR, keyLive), { recursive: true, force: true });
   rmSync(path.join(pool.SPARES_DIR, `${keyLive}.starting`), { force: true });
 });
+
+test("sweepDeadDaemons drops records of dead daemons and memos no live daemon backs, but not fresh memos", async () => {
+  const { sweepDeadDaemons, recordDaemon, rememberStart, RUN_DIR } = await import("../../src/shim/fast-start.js");
+  const { utimesSync } = await import("node:fs");
+  const liveSock = "/run/containerd/s/live-sock";
+  recordDaemon(liveSock); // this process: alive
+  mkdirSync(path.join(RUN_DIR, "daemons"), { recursive: true });
+  writeFileSync(path.join(RUN_DIR, "daemons", "dead-sock"), "999999 1 /run/containerd/s/dead-sock");
+  writeFileSync(path.join(RUN_DIR, "daemons", "old-format"), "999998");
+  rememberStart("k-live", `unix://${liveSock}`);
+  rememberStart("k-dead", "unix:///run/containerd/s/dead-sock");
+  rememberStart("k-fresh", "unix:///run/containerd/s/booting-sock");
+  const old = new Date(Date.now() - 60_000);
+  for (const k of ["k-live", "k-dead"]) utimesSync(path.join(RUN_DIR, "start-cache", k), old, old);
+  sweepDeadDaemons();
+  const has = (...p: string[]) => existsSync(path.join(RUN_DIR, ...p));
+  assert.equal(has("daemons", "live-sock"), true);
+  assert.equal(has("daemons", "dead-sock"), false);
+  assert.equal(has("daemons", "old-format"), false);
+  assert.equal(has("start-cache", "k-live"), true);
+  assert.equal(has("start-cache", "k-dead"), false);
+  assert.equal(has("start-cache", "k-fresh"), true, "a memo whose daemon may still be booting stays");
+});
