@@ -17,6 +17,7 @@ import { execFileSync } from "node:child_process";
 import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, writeSync } from "node:fs";
 import path from "node:path";
 import type { Sys } from "../sys/types.js";
+import { procStat } from "../sys/procstat.js";
 import { adjustOomScore, bindDaemonSocket, joinCgroup, parseStartInput, planStart, writeAddressFile } from "./bootstrap.js";
 import { parseConfig } from "./config.js";
 import type { DaemonHandoff } from "./daemon.js";
@@ -71,14 +72,15 @@ function parseEnviron(bytes: Buffer): NodeJS.ProcessEnv {
 function readRequest(pid: number, claim: string): Request {
   const argv = readFileSync(path.join(claim, "argv"), "utf8").split("\0");
   if (argv[argv.length - 1] === "") argv.pop();
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const stat = procStat(pid);
+  if (!stat) throw new Error(`the launcher (pid ${pid}) is gone`);
   return {
     argv,
     env: parseEnviron(readFileSync(`/proc/${pid}/environ`)),
     bundle: readlinkSync(`/proc/${pid}/cwd`),
     // The launcher keeps containerd's stdin (the options) as fd 3, an unlinked copy.
     stdin: readFileSync(`/proc/${pid}/fd/3`),
-    containerdPid: Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]),
+    containerdPid: stat.ppid,
   };
 }
 

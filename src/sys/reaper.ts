@@ -5,6 +5,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import type { ExitStatus, Sys } from "./types.js";
 import { isOwnChild } from "./children.js";
+import { procStat } from "./procstat.js";
 
 export interface Exit {
   pid: number;
@@ -119,10 +120,7 @@ function zombieChildren(): number[] {
     for (const s of list.split(" ")) {
       const pid = Number(s);
       if (!pid) continue;
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-        if (stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) === "Z") out.push(pid);
-      } catch {}
+      if (procStat(pid)?.state === "Z") out.push(pid);
     }
   }
   return out;

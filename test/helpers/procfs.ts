@@ -1,6 +1,7 @@
 // Read-only views of host state from /proc, used by the harness teardown and the leak checker.
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { liveDaemons } from "../../src/shim/fast-start.js";
+import { procStat } from "../../src/sys/procstat.js";
 
 export interface ProcInfo {
   pid: number;
@@ -25,11 +26,9 @@ function readLink(path: string): string {
 
 function readProc(pid: number): ProcInfo | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // comm may contain spaces and parentheses, so fields are counted after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const ppid = Number(rest[1]);
-    const startTime = rest[19] ?? "";
+    const stat = procStat(pid);
+    if (!stat) return undefined;
+    const { ppid, startTime } = stat;
     const raw = readFileSync(`/proc/${pid}/cmdline`, "utf8");
     const args = raw.split("\0");
     if (args.length && args[args.length - 1] === "") args.pop();
@@ -62,12 +61,8 @@ export function describeProcess(p: ProcInfo): string {
 
 /** True while the process exists and is not a zombie (a zombie has exited; only its parent's reaping is left). */
 export function isAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
-  } catch {
-    return false;
-  }
+  const state = procStat(pid)?.state;
+  return state !== undefined && state !== "Z";
 }
 
 export interface MountInfo {

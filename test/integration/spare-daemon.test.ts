@@ -11,6 +11,7 @@ import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { cocoonShims, isAlive } from "../helpers/procfs.js";
+import { procStat } from "../../src/sys/procstat.js";
 import { repoRoot, sleep, waitFor } from "../helpers/util.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
@@ -48,8 +49,7 @@ async function oneSpare(ctrd: Containerd, not?: number): Promise<number> {
 async function shimOf(ctrd: Containerd, id: string): Promise<number> {
   const line = (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id + " "));
   const pid = Number(line?.split(/\s+/)[1]);
-  const stat = (await import("node:fs")).readFileSync(`/proc/${pid}/stat`, "utf8");
-  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  return procStat(pid)?.ppid ?? 0;
 }
 
 async function removeContainer(ctrd: Containerd, id: string) {

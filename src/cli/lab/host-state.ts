@@ -2,6 +2,7 @@
 // its directory (shim daemons carry its socket path in their arguments) with their children, and mounts
 // below its directory (container rootfs, network namespaces). Read from /proc.
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { procStat } from "../../sys/procstat.js";
 
 export interface Proc {
   pid: number;
@@ -12,9 +13,9 @@ export interface Proc {
 
 function readProc(pid: number): Proc | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The command name may contain spaces and parentheses; fields are counted after the last ')'.
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    const stat = procStat(pid);
+    if (!stat) return undefined;
+    const ppid = stat.ppid;
     const args = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
     if (args[args.length - 1] === "") args.pop();
     let cwd = "";
