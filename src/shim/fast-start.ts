@@ -7,6 +7,7 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { procStat } from "../sys/procstat.js";
 
 export const RUN_DIR = process.env["COCOON_RUN_DIR"] || "/run/cocoon";
 
@@ -36,12 +37,7 @@ export function daemonPidFile(socket: string): string {
 
 /** Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, it names one process for good. */
 export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
+  return procStat(pid)?.startTime;
 }
 
 export function recordDaemon(socket: string) {
@@ -50,37 +46,37 @@ export function recordDaemon(socket: string) {
   } catch {}
 }
 
-/** Live daemons (pid → socket), from their records (whichever way they were started: spawned, or a spare). */
-export function liveDaemons(): Map<number, string> {
-  const out = new Map<number, string>();
+/** A daemon's record: the file (named after its socket) and whether that very process still runs. */
+interface DaemonRecord {
+  file: string;
+  pid: number;
+  socket: string;
+  alive: boolean;
+}
+
+function daemonRecords(): DaemonRecord[] {
   const dir = path.join(RUN_DIR, "daemons");
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return out;
-  }
-  for (const n of names) {
+  const out: DaemonRecord[] = [];
+  for (const n of listNames(dir)) {
     try {
       const [pid, start, socket] = readFileSync(path.join(dir, n), "utf8").trim().split(" ");
-      if (pid && start && socket && processStartTime(Number(pid)) === start) out.set(Number(pid), socket);
+      out.push({ file: path.join(dir, n), pid: Number(pid), socket: socket ?? "", alive: !!pid && !!start && processStartTime(Number(pid)) === start });
     } catch {}
   }
   return out;
+}
+
+/** Live daemons (pid → socket), from their records (whichever way they were started: spawned, or a spare). */
+export function liveDaemons(): Map<number, string> {
+  return new Map(daemonRecords().filter((r) => r.alive && r.socket).map((r) => [r.pid, r.socket]));
 }
 
 /** On exit: no memo may point at this daemon any more. */
 export function forgetDaemon(socket: string) {
   rmSync(daemonPidFile(socket), { force: true });
   const dir = path.join(RUN_DIR, "start-cache");
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    return;
-  }
   const address = `unix://${socket}`;
-  for (const n of names) {
+  for (const n of listNames(dir)) {
     try {
       if (readFileSync(path.join(dir, n), "utf8") === address) rmSync(path.join(dir, n), { force: true });
     } catch {}
@@ -95,14 +91,9 @@ export function forgetDaemon(socket: string) {
  */
 export function sweepDeadDaemons(now = Date.now()) {
   const live = new Set<string>();
-  const daemons = path.join(RUN_DIR, "daemons");
-  for (const n of listNames(daemons)) {
-    const file = path.join(daemons, n);
-    try {
-      const [pid, start] = readFileSync(file, "utf8").trim().split(" ");
-      if (pid && start && processStartTime(Number(pid)) === start) live.add(n);
-      else rmSync(file, { force: true });
-    } catch {}
+  for (const r of daemonRecords()) {
+    if (r.alive) live.add(path.basename(r.file));
+    else rmSync(r.file, { force: true });
   }
   const memos = path.join(RUN_DIR, "start-cache");
   for (const n of listNames(memos)) {
