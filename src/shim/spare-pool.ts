@@ -69,7 +69,7 @@ export function liveSpares(key: string): number[] {
 }
 
 /** Whether a spare of this pool is booting now: the marker names a live process, or was just made. */
-function booting(key: string): boolean {
+export function spareBooting(key: string): boolean {
   try {
     const text = readFileSync(markerPath(key), "utf8").trim();
     if (text) return processStartTime(Number(text)) !== undefined;
@@ -101,7 +101,7 @@ export function sweepSpares() {
   for (const n of names) {
     if (n.endsWith(".starting")) {
       const key = n.slice(0, -".starting".length);
-      if (isSpareKey(key) && !booting(key)) rmSync(markerPath(key), { force: true });
+      if (isSpareKey(key) && !spareBooting(key)) rmSync(markerPath(key), { force: true });
     } else if (isSpareKey(n)) {
       liveSpares(n);
       removeEmptyPoolDirs(n);
@@ -136,7 +136,7 @@ export interface TopUp {
  */
 export function topUpSpares(t: TopUp): number {
   if (t.want <= 0 || !isSpareKey(t.key) || !existsSync(t.address) || !watchAlive(t.watch)) return 0;
-  if (liveSpares(t.key).length >= t.want || booting(t.key)) return 0;
+  if (liveSpares(t.key).length >= t.want || spareBooting(t.key)) return 0;
   let fd: number;
   try {
     fd = openMarker(t.key);
@@ -172,7 +172,7 @@ function openMarker(key: string): number {
       if (attempt > 2 || (code !== "ENOENT" && code !== "EEXIST")) throw err;
       // mkdir only now: an exiting spare removes the pool's dirs once they are empty.
       if (code === "ENOENT") mkdirSync(SPARES_DIR, { recursive: true, mode: 0o700 });
-      else if (booting(key)) throw err;
+      else if (spareBooting(key)) throw err;
       else rmSync(p, { force: true });
     }
   }

@@ -5,8 +5,8 @@ import { basename, join } from "node:path";
 import { HARNESS_DIR_PREFIX, liveContainerdPids, ownHarnessDirs, SHIM_SOCKET_DIR, type Containerd } from "./containerd.js";
 import { cocoonRole, describeMount, describeProcess, flagValue, listProcesses, processKey, readMountinfo, type ProcInfo } from "./procfs.js";
 import { liveDaemons } from "../../src/shim/fast-start.js";
-import { parseSpareName, spareOfEntry, SPARES_DIR } from "../../src/shim/spare-pool.js";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { parseSpareName, spareBooting, spareOfEntry, SPARES_DIR } from "../../src/shim/spare-pool.js";
+import { existsSync } from "node:fs";
 import { run, sleep } from "./util.js";
 
 /** Substrings of a program's file name that mark it as part of a container runtime. */
@@ -169,14 +169,7 @@ function staleSpareEntry(e: string): boolean {
   const full = join(SPARES_DIR, e);
   const parts = e.split("/");
   if (parts.length === 2) return !parseSpareName(spareOfEntry(parts[1]!));
-  if (e.endsWith(".starting")) {
-    try {
-      const pid = readFileSync(full, "utf8").trim();
-      return pid ? !existsSync(`/proc/${pid}`) : Date.now() - statSync(full).mtimeMs > 5_000;
-    } catch {
-      return false;
-    }
-  }
+  if (e.endsWith(".starting")) return existsSync(full) && !spareBooting(e.slice(0, -".starting".length));
   return listDir(full).length === 0;
 }
 
