@@ -40,20 +40,7 @@ GUEST_OUT=${COCOON_GUEST_OUT:-$HERE/out}
 if [[ $BUILD == 1 ]]; then "$HERE/build.sh"; fi
 [[ -f $GUEST_OUT/manifest.json ]] || { echo "no guest build in $GUEST_OUT: run guest/build.sh" >&2; exit 1; }
 
-RUN=$(mktemp -d /tmp/cocoon-boot-check.XXXXXX)
-CONSOLE_LOG=$RUN/console.log
-AGENT_SOCK=$RUN/agent.sock
-SHARE_DIR=$RUN/share
-PIDFILE=$RUN/qemu.pid
-cleanup() {
-  # Only the QEMU this script started: its pid file, and still a QEMU.
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null || true)
-  if [[ -n $pid ]] && grep -q '^qemu-system' "/proc/$pid/comm" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-mkdir -p "$SHARE_DIR"
+guest_run_dir cocoon-boot-check
 TOKEN="share-token-$RANDOM$RANDOM"
 echo "$TOKEN" >"$SHARE_DIR/hello.txt"
 AGENT_KIND=$(guest_agent_kind)

@@ -43,17 +43,7 @@ GUEST_OUT=${COCOON_GUEST_OUT:-$HERE/out}
 { exec 3<>/dev/kvm; } 2>/dev/null || result false "cannot open /dev/kvm"
 exec 3>&-
 
-RUN=$(mktemp -d /tmp/cocoon-kvm-probe.XXXXXX)
-CONSOLE_LOG=$RUN/console.log AGENT_SOCK=$RUN/agent.sock SHARE_DIR=$RUN/share PIDFILE=$RUN/qemu.pid
-cleanup() {
-  # Only the QEMU this script started: its pid file, and still a QEMU.
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null || true)
-  if [[ -n $pid ]] && grep -q '^qemu-system' "/proc/$pid/comm" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-mkdir -p "$SHARE_DIR"
+guest_run_dir cocoon-kvm-probe
 
 # The 9p-root variant is the lightest boot; the question is only whether the guest runs.
 ACCEL=kvm VARIANT=9p MEM=256M

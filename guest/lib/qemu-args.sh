@@ -77,6 +77,21 @@ guest_qemu_args() {
   return 0
 }
 
+guest_run_dir() { # a temporary run dir for one bounded boot ($1: name prefix), removed on exit with its QEMU
+  RUN=$(mktemp -d "/tmp/$1.XXXXXX")
+  CONSOLE_LOG=$RUN/console.log AGENT_SOCK=$RUN/agent.sock SHARE_DIR=$RUN/share PIDFILE=$RUN/qemu.pid
+  mkdir -p "$SHARE_DIR"
+  trap guest_run_cleanup EXIT
+}
+
+guest_run_cleanup() {
+  # Only the QEMU this script started: its pid file, and still a QEMU.
+  local pid
+  pid=$(cat "$PIDFILE" 2>/dev/null || true)
+  if [[ -n $pid ]] && grep -q '^qemu-system' "/proc/$pid/comm" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+  rm -rf "$RUN"
+}
+
 host_tsc_khz() { # the host's TSC rate in kHz, as its kernel reports it
   local mhz
   mhz=$(dmesg 2>/dev/null | sed -n 's/.*tsc: Refined TSC clocksource calibration: \([0-9.]*\) MHz.*/\1/p' | tail -n1)
