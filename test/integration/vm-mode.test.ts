@@ -127,7 +127,7 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
 
   it("pause/resume and metrics reach the container in the guest (updates: cri-vm)", async () => {
     const id = uid("res");
-    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "while true; do date +%s > /tmp/tick; sleep 0.2; done"], { timeoutMs: 120_000 });
+    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/tick.new; mv /tmp/tick.new /tmp/tick; sleep 0.2; done"], { timeoutMs: 120_000 });
     const status = async () => (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? "";
     await waitFor(async () => /RUNNING/.test(await status()), { timeoutMs: 30_000, what: "running" });
     await ctrd.ctr(["task", "pause", id], { timeoutMs: 30_000 });
@@ -137,9 +137,12 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     await ctrd.ctr(["task", "resume", id], { timeoutMs: 30_000 });
     await waitFor(() => eventLog.includes("/tasks/resumed"), { timeoutMs: 10_000, what: "TaskResumed" });
     assert.match(await status(), /RUNNING/);
+    // The loop writes its counter with a rename, so a read never sees a half-written file.
     const t1 = await tick();
+    assert.match(t1, /^\d+\n$/);
     await sleep(1500);
-    assert.notEqual(await tick(), t1, "the loop runs again after resume");
+    const t2 = await tick();
+    assert.ok(Number(t2) > Number(t1), `the loop runs again after resume (${t1.trim()} then ${t2.trim()})`);
     const m = await ctrd.ctr(["task", "metrics", "--format", "json", id], { timeoutMs: 60_000 });
     const metrics = JSON.parse(m.stdout);
     // cgroup v2 metrics from the guest (crun drives cgroup v2 there).
