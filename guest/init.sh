@@ -131,7 +131,9 @@ stage2() {
   mount -t tmpfs -o nosuid,nodev,mode=0755 mnt /mnt
   enable_cgroup_controllers
   publish_virtio_ports
-  mount_shares
+  # A template VM is snapshotted for cloning; QEMU cannot migrate a mounted 9p share, and each clone
+  # has its own, so the agent mounts them after a restore (Restored).
+  if [ "$(cmdline_value cocoon.template || echo 0)" = 1 ]; then say "template boot: shares are mounted after restore"; else mount_shares; fi
   hostname cocoon
   ip link set lo up
   say "exec agent"

@@ -50,6 +50,14 @@ export function linkByMac(mac: string, sysNet = SYS_NET): string | undefined {
   return undefined;
 }
 
+/** Gives the link that has MAC `from` the MAC `to` (a clone's NIC still has the template's). */
+export async function changeLinkMac(from: string, to: string): Promise<void> {
+  if (linkByMac(to)) return;
+  const name = linkByMac(from);
+  if (!name) throw notFound(`no guest network interface has MAC ${from}`);
+  await ip(["link", "set", "dev", name, "address", to]);
+}
+
 /** A hot-plugged NIC may appear a moment after the host asked. */
 async function waitForLink(mac: string, timeoutMs: number): Promise<string> {
   const deadline = Date.now() + timeoutMs;

@@ -15,6 +15,7 @@ import type { Containers } from "./containers.js";
 import { errorText, invalidArgument } from "./errors.js";
 import type { Logger } from "./log.js";
 import { setupNetwork } from "./network.js";
+import { restored } from "./restore.js";
 import type { OomMonitor } from "./oom.js";
 import type { StdioFlags } from "./stdio.js";
 import { AGENT_VERSION } from "./version.js";
@@ -52,6 +53,11 @@ export function agentService(d: ServiceDeps): ServiceImpl<typeof Agent> {
   let shuttingDown = false;
   return {
     health: () => ({ agentVersion: AGENT_VERSION, kernelRelease: os.release(), uptimeMs: uptimeMs() }),
+
+    restored: async (req) => {
+      await restored({ unixTimeNs: req.unixTimeNs, templateMac: req.templateMac, mac: req.mac, entropy: req.entropy }, d.sys, d.log);
+      return {};
+    },
 
     setupNetwork: async (req) => {
       await setupNetwork(

@@ -36,8 +36,14 @@ export interface VmConfig {
   sharedFs: "9p" | "virtio-fs";
   /** TCG translated-code cache per VM, MiB (0 = QEMU's default, which is far larger). */
   tcgCacheMiB: number;
-  /** Per-sandbox run directories (sockets, console logs, shared dirs) and the KVM probe cache. */
+  /** Per-sandbox run directories (sockets, console logs, shared dirs), the KVM probe cache and the VM templates. */
   stateDir: string;
+  /**
+   * Start pod VMs from a snapshot of a template VM booted once per VM shape, instead of booting each
+   * (src/runtime/vm/template.ts). Needs an image rootfs. The clones share the template's guest kernel
+   * state, KASLR layout included; the kernel's random generator is reseeded on every restore.
+   */
+  template: boolean;
 }
 
 export interface CocoonConfig {
@@ -77,6 +83,7 @@ export function defaultConfig(): CocoonConfig {
       sharedFs: "9p",
       stateDir: "/run/cocoon/vm",
       tcgCacheMiB: 64,
+      template: true,
     },
     source: "",
   };
@@ -129,7 +136,7 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     criuPath: pick(runc, "criu_path", "string", where, cfg.runc.criuPath),
   };
   const vm = (doc["vm"] ?? {}) as Table;
-  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir", "tcg_cache_mib"], where, "vm.");
+  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir", "tcg_cache_mib", "template"], where, "vm.");
   cfg.vm = {
     qemu: pick(vm, "qemu", "string", where, cfg.vm.qemu),
     kernel: pick(vm, "kernel", "string", where, cfg.vm.kernel),
@@ -143,6 +150,7 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     sharedFs: oneOf(pick(vm, "shared_fs", "string", where, cfg.vm.sharedFs), ["9p", "virtio-fs"] as const, "vm.shared_fs", where),
     stateDir: pick(vm, "state_dir", "string", where, cfg.vm.stateDir),
     tcgCacheMiB: pick(vm, "tcg_cache_mib", "number", where, cfg.vm.tcgCacheMiB),
+    template: pick(vm, "template", "boolean", where, cfg.vm.template),
   };
   if (!Number.isInteger(cfg.vm.vcpus) || cfg.vm.vcpus < 1) throw invalidArgument(`config ${where}: vm.vcpus must be a positive integer`);
   if (!Number.isInteger(cfg.vm.memoryMiB) || cfg.vm.memoryMiB < 64) throw invalidArgument(`config ${where}: vm.memory_mib must be an integer >= 64`);

@@ -26,6 +26,8 @@ export class FakeSys implements Sys {
   subreaper = false;
   /** Mounted filesystems, oldest first (a later mount on the same target hides an earlier one). */
   readonly mounts: FakeMount[] = [];
+  /** The last wall-clock time set, if any. */
+  realtimeNs: bigint | undefined;
   /** Last size set per fd. */
   readonly winsizes = new Map<number, { rows: number; cols: number }>();
   /** Receivers created by receiveFd that have not settled yet, by path. */
@@ -190,6 +192,11 @@ export class FakeSys implements Sys {
   pipe(): [number, number] {
     this.enter("pipe", []);
     return this.pipeImpl();
+  }
+
+  setRealtimeClock(unixNs: bigint): void {
+    this.enter("setRealtimeClock", [unixNs]);
+    this.realtimeNs = unixNs;
   }
 
   // ---- internals --------------------------------------------------------------------------------

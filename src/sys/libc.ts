@@ -24,6 +24,7 @@ export interface Libc {
   recvmsg(fd: number, msg: Record<string, unknown>, flags: number): number | bigint;
   eventfd(initval: number, flags: number): number;
   pipe2(fds: Int32Array, flags: number): number;
+  clockSettime(clk: number, tp: { tv_sec: bigint; tv_nsec: bigint }): number;
   /** errno left by the last call made on this thread. */
   errno(): number;
 }
@@ -54,6 +55,8 @@ export function libc(): Libc {
     msg_flags: "int",
   });
 
+  koffi.struct("cocoon_timespec", { tv_sec: "int64_t", tv_nsec: "int64_t" });
+
   const ioctl = lib.func("int ioctl(int fd, unsigned long request, ...)");
   const recvmsg = lib.func("intptr_t recvmsg(int fd, _Inout_ cocoon_msghdr *msg, int flags)");
   loaded = {
@@ -73,6 +76,7 @@ export function libc(): Libc {
     recvmsg: (fd, msg, flags) => recvmsg(fd, msg, flags),
     eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
     pipe2: lib.func("int pipe2(_Out_ int *fds, int flags)"),
+    clockSettime: lib.func("int clock_settime(int clk, const cocoon_timespec *tp)"),
     errno: () => koffi.errno(),
   };
   return loaded;

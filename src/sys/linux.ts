@@ -9,6 +9,7 @@ import { openPtyPeer, setWinsize } from "./winsize.js";
 
 const PR_SET_CHILD_SUBREAPER = 36;
 const O_CLOEXEC = 0x80000;
+const CLOCK_REALTIME = 0;
 
 export class LinuxSys implements Sys {
   setChildSubreaper(): void {
@@ -61,5 +62,10 @@ export class LinuxSys implements Sys {
     const fds = new Int32Array(2);
     check(libc().pipe2(fds, O_CLOEXEC), "pipe2");
     return [fds[0]!, fds[1]!];
+  }
+
+  setRealtimeClock(unixNs: bigint): void {
+    const tp = { tv_sec: unixNs / 1_000_000_000n, tv_nsec: unixNs % 1_000_000_000n };
+    check(libc().clockSettime(CLOCK_REALTIME, tp), "clock_settime(CLOCK_REALTIME)");
   }
 }

@@ -66,6 +66,8 @@ export interface Sys {
    *  child (spawn stdio entries dup it without O_CLOEXEC) and wrapping ours in net.Socket({ fd }),
    *  which makes that end non-blocking for libuv. */
   pipe(): [number, number];
+  /** clock_settime(CLOCK_REALTIME): the guest agent sets a restored VM's wall clock from the host's. */
+  setRealtimeClock(unixNs: bigint): void;
 }
 
 // mount(2) flags (linux/mount.h).

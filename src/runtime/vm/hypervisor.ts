@@ -26,6 +26,13 @@ export interface VmSpec {
   /** Network namespace to run the VMM in, and the tap device in it to attach. */
   netns?: string;
   tap?: { name: string; mac: string };
+  /**
+   * Template snapshots (template.ts). "build": the guest RAM is the file `memoryFile`, mapped shared,
+   * so that a snapshot can leave RAM out of `stateFile`. "clone": the RAM is that file mapped private
+   * (copy-on-write, so every clone shares the template's pages until it writes them) and the device
+   * state is loaded from `stateFile` instead of booting.
+   */
+  template?: { role: "build" | "clone"; memoryFile: string; stateFile: string };
 }
 
 export interface VmHandle {
@@ -38,5 +45,8 @@ export interface VmHandle {
 }
 
 export interface Hypervisor {
+  /** Boots the VM, or for a template clone restores it and lets it run. */
   start(spec: VmSpec): Promise<VmHandle>;
+  /** Stops a template VM and saves its device state (RAM stays in its memory file); the VM then exits. */
+  saveTemplate(vm: VmHandle, spec: VmSpec): Promise<void>;
 }

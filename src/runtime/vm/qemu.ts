@@ -5,6 +5,7 @@ import { openSync, closeSync } from "node:fs";
 import path from "node:path";
 import { spawnChild } from "../../sys/children.js";
 import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
+import { Qmp } from "./qmp.js";
 
 /**
  * Kernel parameters that skip work a pod VM never needs (measured with guest/boot-check.sh under TCG:
@@ -17,15 +18,27 @@ export const FAST_BOOT_PARAMS = [
   "no_timer_check", "tsc=reliable", "rcupdate.rcu_expedited=1", "pci=lastbus=0",
 ];
 
+/**
+ * The template's NIC MAC. Every clone's NIC starts with it (the device state comes from the snapshot);
+ * the agent then gives it the pod's MAC (Restored).
+ */
+export const TEMPLATE_MAC = "52:54:00:c0:c0:01";
+/** The tap QEMU creates for itself in a private network namespace when a template VM has no pod network. */
+const PRIVATE_TAP = "cocoon0";
+
 export function qemuArgs(s: VmSpec): string[] {
   const agentSocket = path.join(s.runDir, "agent.sock");
   const append = ["console=ttyS0", "quiet", "panic=-1", "rootfstype=ramfs", ...FAST_BOOT_PARAMS];
+  const tpl = s.template;
   const a = [
     "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     // Under TCG, QEMU's translated-code cache defaults to a large share of host memory per VM
     // (measured ~160 MiB per pod); a smaller one trades some boot time for much less memory (bench/).
-    "-M", "q35", "-accel", s.accel === "tcg" && s.tcgCacheMiB > 0 ? `tcg,tb-size=${s.tcgCacheMiB}` : s.accel, "-cpu", s.accel === "kvm" ? "host" : "max",
+    "-M", tpl ? "q35,memory-backend=ram0" : "q35", "-accel", s.accel === "tcg" && s.tcgCacheMiB > 0 ? `tcg,tb-size=${s.tcgCacheMiB}` : s.accel, "-cpu", s.accel === "kvm" ? "host" : "max",
     "-m", memoryArg(s), "-smp", String(s.vcpus),
+  ];
+  if (tpl) a.push("-object", `memory-backend-file,id=ram0,size=${s.memoryMiB}M,mem-path=${tpl.memoryFile},share=${tpl.role === "build" ? "on" : "off"}`);
+  a.push(
     "-kernel", s.kernel, "-initrd", s.initrd,
     "-serial", `file:${path.join(s.runDir, "console.log")}`,
     "-device", "virtio-serial-pci,id=vser0",
@@ -36,9 +49,12 @@ export function qemuArgs(s: VmSpec): string[] {
     "-device", "virtio-rng-pci",
     // Free page reporting: pages the guest frees (an exited container's memory, dropped caches) go
     // back to the host within seconds instead of staying resident in QEMU for the VM's lifetime.
-    "-device", "virtio-balloon-pci,free-page-reporting=on",
+    // Not with templates: QEMU 7.2 discards a reported page of a file-backed RAM by punching a hole
+    // in the file, even in a private mapping, which would zero the template's page under every
+    // other clone. Template and clones must offer the same device features, so both go without.
+    "-device", `virtio-balloon-pci,free-page-reporting=${tpl ? "off" : "on"}`,
     "-pidfile", path.join(s.runDir, "qemu.pid"),
-  ];
+  );
   if (s.root?.kind === "dir") {
     a.push("-fsdev", `local,id=fsroot,path=${s.root.path},security_model=none,readonly=on`,
       "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=cocoon-root");
@@ -46,7 +62,8 @@ export function qemuArgs(s: VmSpec): string[] {
   } else if (s.root?.kind === "image") {
     // A private, read-only file mapping: guest reads fault in the host's page cache pages of the
     // image, which every VM (and the host) shares; nothing the guest does can change the file.
-    a.push("-object", `memory-backend-file,id=rootmem,mem-path=${s.root.path},size=${s.root.bytes},share=off,readonly=on`,
+    // (Shared under templates, which QEMU's snapshot then skips like the RAM: read-only either way.)
+    a.push("-object", `memory-backend-file,id=rootmem,mem-path=${s.root.path},size=${s.root.bytes},share=${tpl ? "on" : "off"},readonly=on`,
       "-device", "virtio-pmem-pci,memdev=rootmem,id=rootpmem");
     // The pmem region sits in QEMU's device-memory window above 4 GiB, which makes the guest
     // kernel think it may need DMA bounce buffers and zero 64 MiB of RAM for them at boot (+64 MiB
@@ -54,7 +71,17 @@ export function qemuArgs(s: VmSpec): string[] {
     // and never bounce, so 1 MiB (512 slabs of 2 KiB) is plenty.
     append.push("cocoon.root=/dev/pmem0", "swiotlb=512");
   }
-  if (s.tap) {
+  if (tpl) {
+    // Every template VM has the same devices, since a clone must match its template's: a NIC (on the
+    // pod's tap, or on a tap of its own in a private network namespace) and a VM generation ID,
+    // which QEMU changes on every restore so that the guest kernel reseeds its random generator.
+    a.push("-netdev", `tap,id=net0,ifname=${s.tap?.name ?? PRIVATE_TAP},script=no,downscript=no`,
+      "-device", `virtio-net-pci,netdev=net0,mac=${TEMPLATE_MAC}`,
+      "-device", "vmgenid,guid=auto",
+      "-qmp", `unix:${path.join(s.runDir, "qmp.sock")},server=on,wait=off`);
+    append.push("cocoon.template=1");
+    if (tpl.role === "clone") a.push("-incoming", "defer");
+  } else if (s.tap) {
     a.push("-netdev", `tap,id=net0,ifname=${s.tap.name},script=no,downscript=no`,
       "-device", `virtio-net-pci,netdev=net0,mac=${s.tap.mac}`);
   }
@@ -80,8 +107,13 @@ export class Qemu implements Hypervisor {
     const consoleLog = path.join(spec.runDir, "console.log");
     const stderrLog = path.join(spec.runDir, "qemu.stderr");
     const errFd = openSync(stderrLog, "a");
-    // In the pod's network namespace when it has one, so the tap device is found there.
-    const [cmd, argv] = spec.netns ? ["nsenter", [`--net=${spec.netns}`, "--", this.binary, ...args]] : [this.binary, args];
+    // In the pod's network namespace when it has one, so the tap device is found there; a template
+    // VM without one gets a private namespace, where QEMU creates its tap (gone with QEMU).
+    const [cmd, argv] = spec.netns
+      ? ["nsenter", [`--net=${spec.netns}`, "--", this.binary, ...args]]
+      : spec.template
+        ? ["unshare", ["--net", "--", this.binary, ...args]]
+        : [this.binary, args];
     const child = spawnChild(cmd, argv, { stdio: ["ignore", "ignore", errFd], detached: true });
     closeSync(errFd);
     const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
@@ -92,7 +124,7 @@ export class Qemu implements Hypervisor {
       child.once("spawn", resolve);
       child.once("error", (e) => reject(new Error(`cannot start ${this.binary}: ${e.message}`)));
     });
-    return {
+    const vm: VmHandle = {
       pid: child.pid!,
       agentSocket: path.join(spec.runDir, "agent.sock"),
       consoleLog,
@@ -103,5 +135,67 @@ export class Qemu implements Hypervisor {
         } catch {}
       },
     };
+    if (spec.template?.role === "clone") {
+      try {
+        await restoreClone(spec, exited);
+      } catch (err) {
+        vm.kill();
+        await exited;
+        throw err;
+      }
+    }
+    return vm;
+  }
+
+  async saveTemplate(vm: VmHandle, spec: VmSpec): Promise<void> {
+    if (!spec.template) throw new Error("not a template VM");
+    const qmp = await Qmp.connect(path.join(spec.runDir, "qmp.sock"), QMP_TIMEOUT_MS);
+    try {
+      await qmp.execute("stop");
+      await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+      await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(spec.template.stateFile)}` });
+      await waitMigration(qmp, vm.exited);
+      await qmp.execute("quit").catch(() => undefined);
+    } finally {
+      qmp.close();
+    }
+    await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 3000))]);
+    vm.kill();
+    await vm.exited;
+  }
+}
+
+const QMP_TIMEOUT_MS = 10_000;
+const MIGRATION_TIMEOUT_MS = 60_000;
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Polls query-migrate until the migration (either direction) completed; throws if it failed or QEMU died. */
+async function waitMigration(qmp: Qmp, exited: Promise<unknown>): Promise<void> {
+  let gone = false;
+  void exited.then(() => (gone = true));
+  const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
+  for (;;) {
+    if (gone) throw new Error("QEMU exited during the snapshot transfer");
+    const r = await qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+    if (r.status === "completed") return;
+    if (r.status === "failed" || r.status === "cancelled") throw new Error(`snapshot transfer ${r.status}: ${r["error-desc"] ?? "no reason given"}`);
+    if (Date.now() > deadline) throw new Error(`snapshot transfer not done after ${MIGRATION_TIMEOUT_MS} ms (status ${r.status ?? "none"})`);
+    await new Promise((res) => setTimeout(res, 10));
+  }
+}
+
+/** Loads the template's device state into a clone started with `-incoming defer`, then runs it. */
+async function restoreClone(spec: VmSpec, exited: Promise<unknown>): Promise<void> {
+  const qmp = await Qmp.connect(path.join(spec.runDir, "qmp.sock"), QMP_TIMEOUT_MS);
+  try {
+    await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+    await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(spec.template!.stateFile)}` });
+    await waitMigration(qmp, exited);
+    await qmp.execute("cont");
+  } finally {
+    qmp.close();
   }
 }

@@ -1,7 +1,7 @@
 // vm mode: every pod is a QEMU VM with its own guest kernel. The pod's sandbox container boots the
 // VM; every container of the pod then runs inside it through the guest agent. Container rootfs and
 // volumes reach the guest through one shared directory; the pod network through a tap device.
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
 import { failedPrecondition, internal, invalidArgument, notFound, ShimError, unimplemented } from "../../shim/errors.js";
@@ -10,12 +10,16 @@ import type { CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeC
 import { ProcessIO } from "../../shim/stdio.js";
 import { TtrpcClient } from "../../ttrpc/index.js";
 import type { Sys } from "../../sys/types.js";
+import type { Logger } from "../../shim/log.js";
 import { agentApi, type AgentApi } from "./agent.js";
-import type { GuestRoot, Hypervisor, VmHandle } from "./hypervisor.js";
+import type { GuestRoot, Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
 import { chooseAccel } from "./kvm.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
 import { startRelay, type Relay } from "./relay.js";
 import { shareContainer, unshareContainer } from "./sharedfs.js";
+import { buildTemplate, connectAgent, qemuSaid } from "./boot.js";
+import { TEMPLATE_MAC } from "./qemu.js";
+import { TemplateStore, templateKey, type TemplateShape } from "./template.js";
 
 export const SANDBOX_ID = "io.kubernetes.cri.sandbox-id";
 const CONTAINER_TYPE = "io.kubernetes.cri.container-type";
@@ -37,6 +41,16 @@ interface Sandbox {
   net: PodNetwork | undefined;
   containers: Set<string>;
   dead: boolean;
+}
+
+/** A pod VM whose agent is on the line, and how it came up (times are Date.now() values). */
+interface Started {
+  vm: VmHandle;
+  client: TtrpcClient;
+  how: string;
+  buildMs?: number;
+  spawnedAt: number;
+  connectedAt: number;
 }
 
 interface Container {
@@ -104,7 +118,11 @@ export class VmRuntime implements Runtime {
     private readonly sys: Sys,
     private readonly hypervisor: Hypervisor,
     private readonly stateDir: string,
-  ) {}
+  ) {
+    this.templates = new TemplateStore(path.join(stateDir, "templates"));
+  }
+
+  private readonly templates: TemplateStore;
 
   private rec(id: string): Container {
     const c = this.containers.get(id);
@@ -215,20 +233,28 @@ export class VmRuntime implements Runtime {
       }
       const accel = await chooseAccel(vmCfg.accel, this.stateDir, log, vmCfg.qemu, vmCfg.kernel);
       const t0 = Date.now();
-      vm = await this.hypervisor.start({
+      const spec: VmSpec = {
         runDir, kernel: vmCfg.kernel, initrd: vmCfg.initrd, root,
         sharedDir, vcpus: size.vcpus, memoryMiB: size.memoryMiB, accel, tcgCacheMiB: vmCfg.tcgCacheMiB, kernelParams: vmCfg.kernelParams,
         netns: net?.netns ?? (netnsPath || undefined), tap: net ? { name: net.tap, mac: net.iface.mac } : undefined,
-      });
-      const tSpawned = Date.now();
-      client = await this.connectAgent(vm, vmCfg.bootTimeoutSec * 1000);
-      const tSocket = Date.now();
+      };
+      const deadline = t0 + vmCfg.bootTimeoutSec * 1000;
+      let started: Started | undefined;
+      if (vmCfg.template && root?.kind === "image") started = await this.startFromTemplate(spec, deadline, net, log);
+      if (!started) {
+        vm = await this.hypervisor.start(spec);
+        const spawnedAt = Date.now();
+        started = { vm, client: await connectAgent(vm, deadline - Date.now()), how: "boot", spawnedAt, connectedAt: Date.now() };
+      }
+      vm = started.vm;
+      client = started.client;
       const agent = agentApi(client);
-      const health = await agent.health({}, { timeoutMs: Math.max(1000, vmCfg.bootTimeoutSec * 1000 - (Date.now() - t0)) });
+      const health = await agent.health({}, { timeoutMs: Math.max(1000, deadline - Date.now()) });
       // Boot breakdown (benchmarks read it): VMM spawn, its agent socket up, agent answering; the guest
       // console log has the kernel's own timestamps in between.
       log.info("VM booted", {
-        ms: Date.now() - t0, vmmSpawnMs: tSpawned - t0, socketMs: tSocket - t0, agentReadyMs: Date.now() - t0,
+        ms: Date.now() - t0, vmmSpawnMs: started.spawnedAt - t0, socketMs: started.connectedAt - t0, agentReadyMs: Date.now() - t0,
+        start: started.how, templateBuildMs: started.buildMs,
         guestUptimeMs: Number(health.uptimeMs), accel, kernel: health.kernelRelease, qemuPid: vm.pid,
       });
       if (net || hostname) {
@@ -258,18 +284,57 @@ export class VmRuntime implements Runtime {
     }
   }
 
-  private async connectAgent(vm: VmHandle, timeoutMs: number): Promise<TtrpcClient> {
-    const deadline = Date.now() + timeoutMs;
-    let exited = false;
-    void vm.exited.then(() => (exited = true));
-    for (;;) {
-      if (exited) throw new Error("QEMU exited during boot");
-      try {
-        return await TtrpcClient.connect(vm.agentSocket, { timeoutMs: 1000 });
-      } catch (err) {
-        if (Date.now() > deadline) throw new Error(`agent socket ${vm.agentSocket} not reachable: ${(err as Error).message}`);
-        await new Promise((r) => setTimeout(r, 20));
+  /**
+   * A pod VM restored from the template of its shape, building the template first when there is none
+   * and no other shim is building it. Undefined when the pod must boot instead (another build is under
+   * way, or building or restoring failed: a template that failed to restore is dropped).
+   */
+  private async startFromTemplate(spec: VmSpec, deadline: number, net: PodNetwork | undefined, log: Logger): Promise<Started | undefined> {
+    const vmCfg = this.ctx.config.vm;
+    const shape: TemplateShape = { qemu: vmCfg.qemu, kernel: spec.kernel, initrd: spec.initrd, root: spec.root!, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, accel: spec.accel, tcgCacheMiB: spec.tcgCacheMiB, kernelParams: spec.kernelParams };
+    const key = templateKey(shape);
+    let how = "template";
+    let buildMs: number | undefined;
+    let tpl = this.templates.ready(key);
+    if (!tpl) {
+      const build = this.templates.claim(key, shape);
+      if (!build) {
+        log.info(this.templates.failedRecently(key) ? "VM template failed recently; booting this VM" : "VM template is being built by another shim; booting this VM");
+        return undefined;
       }
+      const t0 = Date.now();
+      try {
+        await buildTemplate(this.hypervisor, { ...spec, runDir: build.dir, sharedDir: path.join(build.dir, "shared"), netns: undefined, tap: undefined, template: { role: "build", memoryFile: build.memoryFile, stateFile: build.stateFile } }, deadline);
+        tpl = build.commit();
+        how = "template (built now)";
+        buildMs = Date.now() - t0;
+        log.info("VM template built", { key, ms: buildMs, dir: tpl.dir });
+      } catch (err) {
+        build.abandon();
+        log.warn("VM template build failed; booting this VM", { err: (err as Error).message });
+        return undefined;
+      }
+    }
+    let vm: VmHandle | undefined;
+    let client: TtrpcClient | undefined;
+    try {
+      vm = await this.hypervisor.start({ ...spec, template: { role: "clone", memoryFile: tpl.memoryFile, stateFile: tpl.stateFile } });
+      const spawnedAt = Date.now();
+      client = await connectAgent(vm, deadline - Date.now());
+      const connectedAt = Date.now();
+      await agentApi(client).restored({
+        unixTimeNs: BigInt(Math.round((performance.timeOrigin + performance.now()) * 1e6)),
+        templateMac: TEMPLATE_MAC, mac: net?.iface.mac ?? "", entropy: randomBytes(32),
+      }, { timeoutMs: Math.max(1000, deadline - Date.now()) });
+      return { vm, client, how, buildMs, spawnedAt, connectedAt };
+    } catch (err) {
+      client?.close();
+      vm?.kill();
+      if (vm) await vm.exited;
+      rmSync(path.join(spec.runDir, "qmp.sock"), { force: true });
+      this.templates.discard(tpl.key, true);
+      log.warn("restoring the VM template failed; dropped it, booting this VM", { err: (err as Error).message, qemu: qemuSaid(spec.runDir), console: vm ? tail(vm.consoleLog, 5) : "" });
+      return undefined;
     }
   }
 

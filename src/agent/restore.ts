@@ -1,0 +1,64 @@
+// A VM restored from a template snapshot wakes up as the template was: its clock at the snapshot's
+// time, no shared directories (QEMU cannot migrate a mounted 9p share, so the template never mounts
+// them), and the template's NIC MAC. Restored brings it to this pod before any other call.
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import type { Sys } from "../sys/types.js";
+import type { Logger } from "./log.js";
+import { changeLinkMac } from "./network.js";
+
+export interface RestoreRequest {
+  unixTimeNs: bigint;
+  templateMac: string;
+  mac: string;
+  entropy: Uint8Array;
+}
+
+export interface RestoreEnv {
+  /** Where virtio 9p devices show up with their mount tags. */
+  ninepDevices: string;
+  mountRoot: string;
+  cmdline: string;
+  mounts: string;
+  urandom: string;
+}
+
+const GUEST: RestoreEnv = {
+  ninepDevices: "/sys/bus/virtio/drivers/9pnet_virtio",
+  mountRoot: "/mnt",
+  cmdline: "/proc/cmdline",
+  mounts: "/proc/mounts",
+  urandom: "/dev/urandom",
+};
+
+/** The same options as guest/init.sh uses for the shares it mounts at a cold boot. */
+const NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144";
+
+/** Mount tags of the 9p devices that are shares (not the guest root) and not mounted yet. */
+export function unmountedShares(env: RestoreEnv): string[] {
+  if (!existsSync(env.ninepDevices)) return [];
+  const rootTag = /(?:^|\s)cocoon\.root=(\S+)/.exec(readFileSync(env.cmdline, "utf8"))?.[1];
+  const mounted = new Set(readFileSync(env.mounts, "utf8").split("\n").map((l) => l.split(" ")[1]));
+  const tags: string[] = [];
+  for (const dev of readdirSync(env.ninepDevices)) {
+    let tag: string;
+    try {
+      tag = readFileSync(`${env.ninepDevices}/${dev}/mount_tag`, "utf8").replace(/\0/g, "").trim();
+    } catch {
+      continue;
+    }
+    if (tag && tag !== rootTag && !mounted.has(`${env.mountRoot}/${tag}`)) tags.push(tag);
+  }
+  return tags.sort();
+}
+
+export async function restored(req: RestoreRequest, sys: Sys, log: Logger, env: RestoreEnv = GUEST): Promise<void> {
+  if (req.unixTimeNs > 0n) sys.setRealtimeClock(req.unixTimeNs);
+  if (req.entropy.length > 0) appendFileSync(env.urandom, req.entropy);
+  const shares = unmountedShares(env);
+  for (const tag of shares) {
+    mkdirSync(`${env.mountRoot}/${tag}`, { recursive: true });
+    sys.mount(tag, `${env.mountRoot}/${tag}`, "9p", 0, NINEP_OPTIONS);
+  }
+  if (req.mac && req.templateMac) await changeLinkMac(req.templateMac, req.mac);
+  log.info("restored from template", { shares: shares.join(","), mac: req.mac || undefined });
+}

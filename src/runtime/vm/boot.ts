@@ -1,0 +1,69 @@
+// Getting a pod VM's agent on the line, and making a template VM: boot it, wait for its agent, and
+// snapshot it once the agent is idle again.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { TtrpcClient } from "../../ttrpc/index.js";
+import { agentApi } from "./agent.js";
+import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
+
+/** Connects to the agent's socket as soon as QEMU has made it; fails if QEMU exits or time runs out. */
+export async function connectAgent(vm: VmHandle, timeoutMs: number): Promise<TtrpcClient> {
+  const deadline = Date.now() + timeoutMs;
+  let exited = false;
+  void vm.exited.then(() => (exited = true));
+  for (;;) {
+    if (exited) throw new Error("QEMU exited during boot");
+    try {
+      return await TtrpcClient.connect(vm.agentSocket, { timeoutMs: 1000 });
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`agent socket ${vm.agentSocket} not reachable: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/** The last lines QEMU wrote to its stderr log in `runDir`. */
+export function qemuSaid(runDir: string): string {
+  try {
+    return readFileSync(path.join(runDir, "qemu.stderr"), "utf8").trim().split("\n").slice(-3).join(" / ");
+  } catch {
+    return "";
+  }
+}
+
+/** The agent logs each host session on the console; the last word must be a disconnect. */
+function agentSawHangUp(consoleLog: string): boolean {
+  let text = "";
+  try {
+    text = readFileSync(consoleLog, "utf8");
+  } catch {}
+  return text.lastIndexOf('msg="host disconnected"') > text.lastIndexOf('msg="host connected"');
+}
+
+/**
+ * Boots `spec` (a template build), checks its agent answers, hangs up, and snapshots the VM once the
+ * agent has seen the hang-up, so that every clone starts with an agent waiting for a new host.
+ * QEMU is gone when this returns or throws.
+ */
+export async function buildTemplate(h: Hypervisor, spec: VmSpec, deadline: number): Promise<void> {
+  const vm = await h.start(spec);
+  try {
+    const client = await connectAgent(vm, deadline - Date.now());
+    try {
+      await agentApi(client).health({}, { timeoutMs: Math.max(1000, deadline - Date.now()) });
+    } finally {
+      client.close();
+    }
+    while (!agentSawHangUp(vm.consoleLog)) {
+      if (Date.now() > deadline) throw new Error("the template's agent did not see the host hang up");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await h.saveTemplate(vm, spec);
+  } catch (err) {
+    const said = qemuSaid(spec.runDir);
+    throw new Error(`${(err as Error).message}${said ? ` (QEMU said: ${said})` : ""}`);
+  } finally {
+    vm.kill();
+    await vm.exited;
+  }
+}
