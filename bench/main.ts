@@ -62,11 +62,14 @@ function verdict(rep: BenchReport): string[] {
     const v = summarize(vm.vm.map((x) => x.sample.totalMs)).median;
     const r = summarize(vm.runc.map((x) => x.totalMs)).median;
     const guest = summarize(vm.vm.filter((x) => x.breakdown).map((x) => x.breakdown!.guest)).median;
-    lines.push(`vm pod start (accel=${vm.accel}): cocoon VM median ${(v / 1000).toFixed(2)} s vs runc ${(r / 1000).toFixed(2)} s (×${(v / r).toFixed(1)}); guest kernel+init+agent ${(guest / 1000).toFixed(2)} s of it`);
+    const cloned = vm.vm.filter((x) => x.boot && x.boot.start !== "boot").length;
+    lines.push(`vm pod start (accel=${vm.accel}): cocoon VM median ${(v / 1000).toFixed(2)} s vs runc ${(r / 1000).toFixed(2)} s (×${(v / r).toFixed(1)}); ` +
+      (cloned ? `${cloned} of ${vm.vm.length} VMs restored from a VM template` : `guest kernel+init+agent ${(guest / 1000).toFixed(2)} s of it`));
   }
   if (vm?.memory) {
     const m = vm.memory.mean;
-    lines.push(`vm memory: ${((m.pss * 1024) / 1e6).toFixed(1)} MB PSS per VM pod (QEMU ${((m.qemuPss * 1024) / 1e6).toFixed(1)}, shim ${((m.shimPss * 1024) / 1e6).toFixed(1)}; ` +
+    const t = vm.memory.template;
+    lines.push(`vm memory: ${((m.pss * 1024) / 1e6).toFixed(1)} MB PSS per VM pod${t ? `, ${((t.perPod * 1024) / 1e6).toFixed(1)} MB with an equal share of the VM template (${((t.residentKiB * 1024) / 1e6).toFixed(1)} MB once per host)` : ""} (QEMU ${((m.qemuPss * 1024) / 1e6).toFixed(1)}, shim ${((m.shimPss * 1024) / 1e6).toFixed(1)}; ` +
       `target ≤ ${VM_PSS_TARGET_MB} MB, Kata+QEMU ~123 MB) with ${vm.memory.guestMemoryMiB} MiB guest RAM configured, ` +
       `${vm.memory.pods} pods, grouping ${vm.grouping}${vm.memory.ksm ? ", host KSM on" : ""}${vm.kernelParams ? `, kernel_params "${vm.kernelParams}"` : ""}`);
   }

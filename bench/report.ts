@@ -82,9 +82,9 @@ export function memoryTable(results: MemoryResult[]): string {
 
 const BREAKDOWN: [keyof VmBreakdown, string][] = [
   ["beforeVmm", "RunPodSandbox → QEMU spawned (CRI, CNI, shim start)"],
-  ["vmmSpawn", "  QEMU spawn"],
+  ["vmmSpawn", "  QEMU spawn (template clone: + snapshot restore)"],
   ["socketUp", "  spawned → agent socket up"],
-  ["agentAnswer", "  socket up → agent answers"],
+  ["agentAnswer", "  socket up → agent answers (clone: + Restored)"],
   ["boot", "QEMU spawned → agent ready (boot)"],
   ["vmmFirmware", "  VMM + firmware ≈ boot − guest uptime"],
   ["guest", "  guest kernel + init + agent (guest uptime)"],
@@ -111,7 +111,9 @@ export function vmTables(r: VmResult): string {
     r.warmup.map((w) => `${w.sample.handler} ${f1(w.sample.totalMs)}`).join(", ") + probe);
   const withB = r.vm.filter((x) => x.breakdown);
   if (withB.length) {
-    out.push("", "VM pod start breakdown (ms), from the shim's 'VM booted' log line");
+    const starts = new Map<string, number>();
+    for (const x of withB) starts.set(x.boot?.start ?? "boot", (starts.get(x.boot?.start ?? "boot") ?? 0) + 1);
+    out.push("", `VM pod start breakdown (ms), from the shim's 'VM booted' log line; VMs: ${[...starts].map(([k, n]) => `${n} ${k === "boot" ? "booted" : `from ${k}`}`).join(", ")}`);
     out.push(table(["phase", "median", "min", "max", ...withB.map((_, i) => `run ${i + 1}`)], [
       ...BREAKDOWN.map(([k, label]) => {
         const xs = withB.map((x) => x.breakdown![k] ?? NaN);
@@ -145,8 +147,14 @@ export function vmTables(r: VmResult): string {
     const g = m.guestMeminfo;
     if (g) out.push(`guest's own view (pod 1, /proc/meminfo): MemTotal ${mib(g["MemTotal"] ?? NaN)}, MemFree ${mib(g["MemFree"] ?? NaN)}, ` +
       `used ${mib((g["MemTotal"] ?? NaN) - (g["MemFree"] ?? NaN))}, Cached ${mib(g["Cached"] ?? NaN)}, Shmem ${mib(g["Shmem"] ?? NaN)}`);
-    const mb = (m.mean.pss * 1024) / 1e6;
-    out.push(`PSS per VM pod ${mb.toFixed(1)} MB (target ≤ ${VM_PSS_TARGET_MB} MB; Kata with QEMU is ~123 MB)`);
+    const t = m.template;
+    if (t && p1?.qemuParts.template) {
+      const pt = p1.qemuParts.template;
+      out.push(`VM template: ${t.file} holds ${mib(t.residentKiB)} MiB of guest memory in host RAM, once for all pods; pod 1 maps ${mib(pt.sharedRss)} MiB of it (PSS ${mib(pt.sharedPss)}) and copied ${mib(pt.copied)} MiB it wrote`);
+      out.push(`PSS per VM pod ${((m.mean.pss * 1024) / 1e6).toFixed(1)} MB; charging each pod 1/${m.pods} of the whole template file instead: ${((t.perPod * 1024) / 1e6).toFixed(1)} MB (target ≤ ${VM_PSS_TARGET_MB} MB; Kata with QEMU is ~123 MB)`);
+    } else {
+      out.push(`PSS per VM pod ${((m.mean.pss * 1024) / 1e6).toFixed(1)} MB (target ≤ ${VM_PSS_TARGET_MB} MB; Kata with QEMU is ~123 MB)`);
+    }
   }
   if (r.errors.length) out.push("", "errors:", ...r.errors.map((e) => `  ${e}`));
   return out.join("\n");

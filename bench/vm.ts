@@ -1,6 +1,7 @@
 // VM pods through the CRI: cold start latency of a one-container pod on the `cocoon` handler (a new
 // QEMU VM per pod) next to the same pod on the `runc` handler, the VM boot broken down from the shim's
 // `VM booted` log line, and the host memory each VM pod costs (its shim daemon plus its QEMU).
+import { statSync } from "node:fs";
 import { ContainerState } from "../src/gen/cri/runtime/v1/api_pb.js";
 import { removePod } from "../src/cli/lab/pod.js";
 import { isAlive, listProcesses, withDescendants, type ProcInfo } from "../test/helpers/procfs.js";
@@ -85,6 +86,11 @@ export interface QemuParts {
   filePss: number;
   /** The files with the most PSS, KiB. */
   topFiles: { name: string; rss: number; pss: number }[];
+  /**
+   * A VM restored from a template maps the template's RAM file private: `guestRam` is then that
+   * mapping, `copied` the pages it wrote (its own copies), `shared` its PSS share of the file's pages.
+   */
+  template?: { file: string; copied: number; sharedRss: number; sharedPss: number };
 }
 
 export interface VmMemoryResult {
@@ -101,6 +107,12 @@ export interface VmMemoryResult {
   guestMeminfo?: Record<string, number>;
   /** Set when the host merged identical pages (--vm-ksm): what KSM had merged when memory was read. */
   ksm?: KsmStats & { waitedSec: number };
+  /**
+   * VM templates: the template's RAM file lives in host memory once for all pods (tmpfs), whether a
+   * clone maps a page of it or not. `perPod` (KiB) charges each pod an equal share of the whole file
+   * instead of the PSS of the pages it maps: the pods' PSS minus their template PSS, plus file/pods.
+   */
+  template?: { file: string; residentKiB: number; perPod: number };
 }
 
 export interface VmResult {
@@ -174,7 +186,9 @@ async function startTimedPod(rig: VmRig, handler: string, name: string): Promise
 
 function breakdownOf(b: VmBootLine, t0: number, tSandbox: number, tRunning: number, console: string): VmBreakdown {
   const spawnedAt = b.at - b.ms;
-  const ready = agentReadyLine(console);
+  // A clone restored from a VM template did not boot: its guest uptime is the template's.
+  const booted = b.start === "boot";
+  const ready = booted ? agentReadyLine(console) : undefined;
   return {
     ...(ready ? {
       kernelInit: ready.guestUptimeMs - ready.processUptimeMs,
@@ -186,8 +200,8 @@ function breakdownOf(b: VmBootLine, t0: number, tSandbox: number, tRunning: numb
     socketUp: b.socketMs - b.vmmSpawnMs,
     agentAnswer: b.agentReadyMs - b.socketMs,
     boot: b.agentReadyMs,
-    guest: b.guestUptimeMs,
-    vmmFirmware: b.agentReadyMs - b.guestUptimeMs,
+    guest: booted ? b.guestUptimeMs : NaN,
+    vmmFirmware: booted ? b.agentReadyMs - b.guestUptimeMs : NaN,
     bootToSandboxReady: tSandbox - b.at,
     containerStart: tRunning - b.at,
     createAndStart: tRunning - tSandbox,
@@ -251,7 +265,8 @@ function qemuParts(pid: number, memoryMiB: number, rollup: ProcMemory): QemuPart
   const anon = maps.filter((m) => m.name === "" || m.name.startsWith("[anon"));
   const ramSize = memoryMiB * 1024;
   // The RAM block is mapped exactly its size; fall back to the largest writable anonymous mapping.
-  const ram = anon.find((m) => m.size === ramSize && m.perms.startsWith("rw")) ??
+  const tplRam = maps.find((m) => m.size === ramSize && m.perms.startsWith("rw") && /\/templates\/[0-9a-f]{16}\/memory$/.test(m.name));
+  const ram = tplRam ?? anon.find((m) => m.size === ramSize && m.perms.startsWith("rw")) ??
     anon.filter((m) => m.perms.startsWith("rw") && !m.perms.includes("x") && m.size >= ramSize).sort((a, b) => b.rss - a.rss)[0];
   const code = anon.filter((m) => m.perms.includes("x"));
   const add = (ms: typeof maps) => ({ size: ms.reduce((a, m) => a + m.size, 0), rss: ms.reduce((a, m) => a + m.rss, 0), pss: ms.reduce((a, m) => a + m.pss, 0) });
@@ -265,7 +280,12 @@ function qemuParts(pid: number, memoryMiB: number, rollup: ProcMemory): QemuPart
     f.pss += m.pss;
     files.set(m.name, f);
   }
-  const topFiles = [...files.values()].sort((a, b) => b.pss - a.pss).slice(0, 4);
+  const topFiles = [...files.values()].filter((f) => f.name !== tplRam?.name).sort((a, b) => b.pss - a.pss).slice(0, 4);
+  if (tplRam) {
+    // The copied pages are anonymous (PSS = size, as no one else maps them); the rest is the file's.
+    const template = { file: tplRam.name, copied: tplRam.anon, sharedRss: tplRam.rss - tplRam.anon, sharedPss: tplRam.pss - tplRam.anon };
+    return { guestRam, tcgCode, otherAnonPss: rollup.pssAnon - tplRam.anon - tcgCode.pss, filePss: rollup.pssFile, topFiles, template };
+  }
   return { guestRam, tcgCode, otherAnonPss: rollup.pssAnon - guestRam.pss - tcgCode.pss, filePss: rollup.pssFile, topFiles };
 }
 
@@ -322,6 +342,12 @@ async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => voi
     }
     const avg = (f: (p: VmPodMemory) => number) => (perPod.length ? perPod.reduce((a, p) => a + f(p), 0) / perPod.length : NaN);
     const meminfo = started[0] ? await guestMeminfo(rig, started[0].podId) : undefined;
+    const tplFile = perPod.find((p) => p.qemuParts.template)?.qemuParts.template?.file;
+    let template: VmMemoryResult["template"];
+    if (tplFile) {
+      const residentKiB = (statSync(tplFile).blocks * 512) / 1024;
+      template = { file: tplFile, residentKiB, perPod: avg((p) => p.pss - (p.qemuParts.template?.sharedPss ?? 0)) + residentKiB / perPod.length };
+    }
     return {
       pods, settleSec: VM_SETTLE_SEC, guestMemoryMiB: rig.memoryMiB, perPod,
       mean: {
@@ -332,6 +358,7 @@ async function vmMemory(rig: VmRig, pods: number, progress: (msg: string) => voi
       },
       ...(meminfo ? { guestMeminfo: meminfo } : {}),
       ...(ksmState ? { ksm: ksmState } : {}),
+      ...(template ? { template } : {}),
     };
   } finally {
     await Promise.all(started.map((s) => removeAndSettle(rig, s.podId, s.boot?.qemuPid).catch(() => {})));

@@ -15,6 +15,8 @@ export interface VmBootLine {
   accel: string;
   kernel: string;
   qemuPid: number;
+  /** "boot", or "template" when the VM was restored from a VM template ("template (built now)" when this pod built it). */
+  start: string;
 }
 
 /** key=value pairs of one logfmt line; quoted values are JSON strings. */
@@ -55,6 +57,7 @@ export function vmBootLines(log: string): VmBootLine[] {
       accel: f["accel"] ?? "",
       kernel: f["kernel"] ?? "",
       qemuPid: num("qemuPid"),
+      start: f["start"] ?? "boot",
     });
   }
   return out;

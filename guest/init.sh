@@ -140,7 +140,7 @@ stage2() {
   # The agent keeps one threadpool thread in a blocking read of its port for good.
   UV_THREADPOOL_SIZE=8
   export UV_THREADPOOL_SIZE
-  exec node "$AGENT"
+  exec node --jitless "$AGENT"
 }
 
 if [ "${COCOON_STAGE:-1}" = 2 ]; then stage2; else stage1; fi
