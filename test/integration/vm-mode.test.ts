@@ -47,7 +47,9 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     writeFileSync(cfg, [
       'mode = "vm"', 'log_level = "debug"', "[vm]",
       `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`, `rootfs = "${OUT}/rootfs.erofs"`,
-      'accel = "auto"', "memory_mib = 512", "boot_timeout_sec = 120", `state_dir = "${dir}/vm"`, "",
+      // Booted, not restored from a VM template: this file covers the boot path (and free page
+      // reporting, which template VMs go without); vm-template.test.ts covers templates.
+      'accel = "auto"', "memory_mib = 512", "boot_timeout_sec = 120", `state_dir = "${dir}/vm"`, "template = false", "",
     ].join("\n"));
     rt = ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cfg];
     ctrd = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
