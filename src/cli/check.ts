@@ -288,6 +288,21 @@ function checkAssets(env: CheckEnv, vm: CocoonConfig): CheckResult {
   return ok("guest assets", assets.join(", "));
 }
 
+/** Whether pod VMs start from VM templates, and which are ready (src/runtime/vm/template.ts). */
+function checkTemplates(env: CheckEnv, vm: CocoonConfig): CheckResult {
+  const dir = join(vm.vm.stateDir, "templates");
+  if (!vm.vm.template) return ok("vm templates", "off (template = false): every pod VM boots");
+  if (!vm.vm.rootfs || env.listDir(vm.vm.rootfs) !== undefined) {
+    return warn("vm templates", `on, but vm.rootfs "${vm.vm.rootfs}" is not an image (QEMU cannot snapshot a VM with a 9p root): every pod VM boots`, "use the EROFS image (rootfs.erofs) as vm.rootfs");
+  }
+  const entries = env.listDir(dir) ?? [];
+  const ready = entries.filter((n) => /^[0-9a-f]{16}$/.test(n) && env.exists(join(dir, n, "ready")));
+  const failed = entries.filter((n) => n.endsWith(".failed")).map((n) => n.slice(0, -".failed".length));
+  const what = ready.length ? `${ready.length} ready in ${dir} (${ready.join(", ")})` : `none built yet in ${dir}; the next pod VM builds one`;
+  if (failed.length) return warn("vm templates", `on; ${what}; recently failed: ${failed.join(", ")} (those pods boot for 10 minutes)`, "see `restoring the VM template failed` or `VM template build failed` in containerd's log");
+  return ok("vm templates", `on; ${what}`);
+}
+
 /** "v2" (unified), "hybrid" (v1 controllers + a v2 mount) or "v1", from /proc/self/mounts. */
 export function cgroupVersion(mounts: string): "v1" | "v2" | "hybrid" | "none" {
   const lines = mounts.split("\n").map((l) => l.split(" "));
@@ -378,6 +393,7 @@ export async function runChecks(opts: CheckOptions = {}): Promise<CheckResult[]>
     qemu,
     kvm,
     checkAssets(env, configs.vm),
+    checkTemplates(env, configs.vm),
     checkKsm(env),
     checkCgroups(env),
     ...checkCni(env, effective.doc),

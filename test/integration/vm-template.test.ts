@@ -10,7 +10,8 @@ import { after, before, describe, it } from "node:test";
 import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { repoRoot } from "../helpers/util.js";
+import { isAlive, listProcesses } from "../helpers/procfs.js";
+import { repoRoot, waitFor } from "../helpers/util.js";
 import { qemuPids } from "../helpers/cri.js";
 
 const OUT = path.join(repoRoot, "guest", "out");
@@ -28,11 +29,11 @@ describe("vm mode: VM templates", { skip: !built && "guest/out not built (run gu
   let vol: string;
   let templates: string;
 
-  const config = (name: string, kernel = `${OUT}/vmlinux`) => {
+  const config = (name: string, kernel = `${OUT}/vmlinux`, memoryMiB = 256) => {
     const p = path.join(dir, `${name}.toml`);
     writeFileSync(p, [
       'mode = "vm"', "[vm]", `kernel = "${kernel}"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`, `rootfs = "${OUT}/rootfs.erofs"`,
-      'accel = "auto"', "memory_mib = 256", "boot_timeout_sec = 120", `state_dir = "${dir}/vm"`, "",
+      'accel = "auto"', `memory_mib = ${memoryMiB}`, "boot_timeout_sec = 120", `state_dir = "${dir}/vm"`, "",
     ].join("\n"));
     return p;
   };
@@ -122,5 +123,22 @@ describe("vm mode: VM templates", { skip: !built && "guest/out not built (run gu
     assert.ok(now && now !== old, `a new template (${now}) replaced ${old}`);
     assert.equal(templateDirs().length, 1);
     assert.equal(readFileSync(path.join(templates, now, "meta.json"), "utf8").includes(kernel), true);
+  });
+
+  it("a shim killed while it builds a template takes the template's QEMU with it; the next pod builds it", async () => {
+    const cfg = config("c", `${OUT}/vmlinux`, 288);
+    const id = uid("killed");
+    const run = ctrd.ctr(["run", "-d", "--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cfg, BUSYBOX_IMAGE, id, "sleep", "100"], { allowFail: true, timeoutMs: 180_000 });
+    const qemu = await waitFor(() => listProcesses().find((p) => /qemu-system/.test(p.args[0] ?? "") && p.args.some((a) => a.includes(".build/"))), { timeoutMs: 60_000, intervalMs: 50, what: "the template build's QEMU" });
+    process.kill(qemu.ppid, "SIGKILL");
+    await waitFor(() => !isAlive(qemu.pid), { timeoutMs: 10_000, what: `template QEMU ${qemu.pid} gone with its shim` });
+    const r = await run;
+    assert.notEqual(r.code, 0);
+    await ctrd.ctr(["task", "rm", "-f", id], { allowFail: true });
+    await ctrd.ctr(["container", "rm", id], { allowFail: true });
+    assert.equal(qemuPids().length, 0);
+    const before = starts().length;
+    await probe(cfg);
+    assert.deepEqual(starts().slice(before), ["template (built now)"], "the dead builder's lock did not block the next build");
   });
 });

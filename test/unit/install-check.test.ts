@@ -89,7 +89,7 @@ const byName = (rs: CheckResult[], name: string) => {
   return r;
 };
 
-const NAMES = ["containerd", "cri handlers", "config cocoon", "config cocoon-runc", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
+const NAMES = ["containerd", "cri handlers", "config cocoon", "config cocoon-runc", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
 
 test("a healthy node passes every check", async () => {
   const rs = await runChecks({ env: envOf(healthyNode()), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
@@ -220,6 +220,23 @@ test("a real run on this machine gives a result for every check", { timeout: 90_
     assert.ok(r.detail.length > 0, r.name);
   }
   for (const line of formatResults(rs).trimEnd().split("\n")) t.diagnostic(line);
+});
+
+test("VM templates: ready ones are listed; a recent failure or a 9p root is a warning", async () => {
+  const n = healthyNode();
+  const dir = "/run/cocoon/vm/templates";
+  n.dirs[dir] = ["0123456789abcdef", "fedcba9876543210.failed"];
+  n.paths.push(`${dir}/0123456789abcdef/ready`);
+  let rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+  const t = byName(rs, "vm templates");
+  assert.equal(t.level, "warn");
+  assert.match(t.detail, /1 ready in \/run\/cocoon\/vm\/templates \(0123456789abcdef\).*recently failed: fedcba9876543210/);
+  n.files["/etc/cocoon/cocoon-vm.toml"] = n.files["/etc/cocoon/cocoon-vm.toml"]!.replace(/^rootfs = .*$/m, 'rootfs = "/usr/local/share/cocoon/rootfs"');
+  n.dirs["/usr/local/share/cocoon/rootfs"] = ["bin"];
+  n.paths.push("/usr/local/share/cocoon/rootfs");
+  rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+  assert.match(byName(rs, "vm templates").detail, /is not an image/);
+  assert.equal(checkExitCode(rs), 0);
 });
 
 test("KSM off or absent is a warning that says how to turn it on, never a failure", async () => {

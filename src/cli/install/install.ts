@@ -456,6 +456,13 @@ export async function uninstall(o: UninstallOptions & { sourceRoot?: string }): 
   if (existsSync(join(prefix, PREFIX_MARKER))) ops.remove(prefix);
   else if (existsSync(prefix)) warnings.push(`${prefix} has no ${PREFIX_MARKER} marker, so it was not installed by cocoon; left alone`);
 
+  // 6. VM templates of the shipped config's state dir: their RAM files live in host memory (tmpfs)
+  // until removed. Running clones keep their own mapping of a removed file.
+  ops.remove(h(DEFAULT_TEMPLATE_DIR), `remove ${h(DEFAULT_TEMPLATE_DIR)} (VM template snapshots held in host memory)`);
+
   for (const w of warnings) log(`warning: ${w}`);
   return { actions: ops.actions, warnings, containerdConfigChanged: changed, ...(restart ? { restart } : {}), labeled };
 }
+
+/** Where the shipped vm-mode config (default state_dir) keeps its VM templates. */
+const DEFAULT_TEMPLATE_DIR = "/run/cocoon/vm/templates";

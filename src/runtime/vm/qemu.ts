@@ -109,11 +109,15 @@ export class Qemu implements Hypervisor {
     const errFd = openSync(stderrLog, "a");
     // In the pod's network namespace when it has one, so the tap device is found there; a template
     // VM without one gets a private namespace, where QEMU creates its tap (gone with QEMU).
+    // A template build's QEMU is only the shim's helper: it dies with the shim (setpriv --pdeathsig),
+    // where a pod's QEMU outlives a dead shim until containerd's `delete` stops it.
     const [cmd, argv] = spec.netns
       ? ["nsenter", [`--net=${spec.netns}`, "--", this.binary, ...args]]
-      : spec.template
-        ? ["unshare", ["--net", "--", this.binary, ...args]]
-        : [this.binary, args];
+      : spec.template?.role === "build"
+        ? ["setpriv", ["--pdeathsig", "KILL", "--", "unshare", "--net", "--", this.binary, ...args]]
+        : spec.template
+          ? ["unshare", ["--net", "--", this.binary, ...args]]
+          : [this.binary, args];
     const child = spawnChild(cmd, argv, { stdio: ["ignore", "ignore", errFd], detached: true });
     closeSync(errFd);
     const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
