@@ -44,6 +44,8 @@ export interface VmConfig {
    * state, KASLR layout included; the kernel's random generator is reseeded on every restore.
    */
   template: boolean;
+  /** Ready VM templates kept per state dir (each holds its guest RAM in host memory); least recently used go first. */
+  templateMax: number;
 }
 
 export interface CocoonConfig {
@@ -84,6 +86,7 @@ export function defaultConfig(): CocoonConfig {
       stateDir: "/run/cocoon/vm",
       tcgCacheMiB: 64,
       template: true,
+      templateMax: 4,
     },
     source: "",
   };
@@ -136,7 +139,7 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     criuPath: pick(runc, "criu_path", "string", where, cfg.runc.criuPath),
   };
   const vm = (doc["vm"] ?? {}) as Table;
-  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir", "tcg_cache_mib", "template"], where, "vm.");
+  checkKeys(vm, ["qemu", "kernel", "initrd", "rootfs", "accel", "vcpus", "memory_mib", "boot_timeout_sec", "kernel_params", "shared_fs", "state_dir", "tcg_cache_mib", "template", "template_max"], where, "vm.");
   cfg.vm = {
     qemu: pick(vm, "qemu", "string", where, cfg.vm.qemu),
     kernel: pick(vm, "kernel", "string", where, cfg.vm.kernel),
@@ -151,8 +154,10 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     stateDir: pick(vm, "state_dir", "string", where, cfg.vm.stateDir),
     tcgCacheMiB: pick(vm, "tcg_cache_mib", "number", where, cfg.vm.tcgCacheMiB),
     template: pick(vm, "template", "boolean", where, cfg.vm.template),
+    templateMax: pick(vm, "template_max", "number", where, cfg.vm.templateMax),
   };
   if (!Number.isInteger(cfg.vm.vcpus) || cfg.vm.vcpus < 1) throw invalidArgument(`config ${where}: vm.vcpus must be a positive integer`);
+  if (!Number.isInteger(cfg.vm.templateMax) || cfg.vm.templateMax < 1) throw invalidArgument(`config ${where}: vm.template_max must be a positive integer`);
   if (!Number.isInteger(cfg.vm.memoryMiB) || cfg.vm.memoryMiB < 64) throw invalidArgument(`config ${where}: vm.memory_mib must be an integer >= 64`);
   return cfg;
 }

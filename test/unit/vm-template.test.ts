@@ -128,3 +128,26 @@ test("restore in the guest: clock, entropy, the shares not yet mounted, never th
   assert.ok(existsSync(`${env.mountRoot}/cocoon`));
   assert.match(lines.join(""), /restored from template/);
 });
+
+test("at most template_max ready templates are kept: the least recently used goes when another is built", (t) => {
+  const dir = scratch(t);
+  const store = new TemplateStore(path.join(dir, "templates"), 2);
+  const commit = (memoryMiB: number) => {
+    const s = shape(dir, { memoryMiB });
+    const b = store.claim(templateKey(s), s)!;
+    writeFileSync(b.memoryFile, "");
+    writeFileSync(b.stateFile, "");
+    return b.commit().key;
+  };
+  const a = commit(256);
+  const b = commit(512);
+  // a is used after b, so b is the least recently used when a third shape arrives.
+  const past = new Date(Date.now() - 60_000);
+  utimesSync(path.join(store.root, b, "ready"), past, past);
+  assert.ok(store.ready(a));
+  const c = commit(768);
+  assert.ok(store.ready(a));
+  assert.ok(store.ready(c));
+  assert.equal(store.ready(b), undefined);
+  assert.equal(readdirSync(store.root).filter((n) => /^[0-9a-f]{16}$/.test(n)).length, 2);
+});

@@ -122,7 +122,7 @@ export class VmRuntime implements Runtime {
     private readonly hypervisor: Hypervisor,
     private readonly stateDir: string,
   ) {
-    this.templates = new TemplateStore(path.join(stateDir, "templates"));
+    this.templates = new TemplateStore(path.join(stateDir, "templates"), ctx.config.vm.templateMax);
   }
 
   private readonly templates: TemplateStore;

@@ -7,11 +7,12 @@
 //
 // On disk, per shape key: <root>/<key>/{memory,state,meta.json,ready}; a build happens in
 // <root>/<key>.build/ under the lock file <root>/<key>.lock ("pid starttime" of the builder), and is
-// renamed into place when done. A builder that died leaves its lock; the next claimant removes it
+// renamed into place when done. At most `template_max` ready templates are kept (least recently
+// used removed first), since each holds its guest RAM in host memory. A builder that died leaves its lock; the next claimant removes it
 // and kills the builder's QEMU. Templates of other assets (a rebuilt guest, a new QEMU) are removed
 // when a new template is built; the clones still running keep their mapping of the removed file.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { procStat } from "../../sys/procstat.js";
 import type { GuestRoot } from "./hypervisor.js";
@@ -104,11 +105,20 @@ function killOrphanQemu(buildDir: string) {
 }
 
 export class TemplateStore {
-  constructor(readonly root: string) {}
+  /** `maxReady`: how many ready templates to keep (each holds its guest RAM in host memory); the least recently used go first. */
+  constructor(readonly root: string, readonly maxReady = 4) {}
 
+  /** The ready template for `key`, marked as just used. */
   ready(key: string): Template | undefined {
     const dir = path.join(this.root, key);
-    return existsSync(path.join(dir, "ready")) ? files(dir, key) : undefined;
+    const marker = path.join(dir, "ready");
+    try {
+      const now = new Date();
+      utimesSync(marker, now, now);
+    } catch {
+      return undefined;
+    }
+    return files(dir, key);
   }
 
   /**
@@ -151,6 +161,7 @@ export class TemplateStore {
         renameSync(buildDir, finalDir);
         release();
         this.sweepStale(assetSignature(shape));
+        this.evict(key);
         return files(finalDir, key);
       },
       abandon: () => {
@@ -172,6 +183,25 @@ export class TemplateStore {
     } catch {
       return false;
     }
+  }
+
+  /** Keeps the `maxReady` most recently used ready templates (always `keep`), removing the others. */
+  evict(keep: string) {
+    const used = (name: string) => {
+      try {
+        return statSync(path.join(this.root, name, "ready")).mtimeMs;
+      } catch {
+        return -1;
+      }
+    };
+    let names: string[];
+    try {
+      names = readdirSync(this.root).filter((n) => /^[0-9a-f]{16}$/.test(n) && n !== keep && used(n) >= 0);
+    } catch {
+      return;
+    }
+    names.sort((a, b) => used(b) - used(a));
+    for (const name of names.slice(Math.max(0, this.maxReady - 1))) this.discard(name);
   }
 
   /** Removes the ready templates made from other assets than `assets`. */
