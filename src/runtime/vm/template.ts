@@ -137,9 +137,8 @@ export class TemplateStore {
         writeFileSync(lock, me, { flag: "wx" });
         break;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0 || ownerAlive(lock)) return undefined;
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0 || !this.breakStaleLock(lock)) return undefined;
         killOrphanQemu(buildDir);
-        rmSync(lock, { force: true });
       }
     }
     rmSync(buildDir, { recursive: true, force: true });
@@ -169,6 +168,39 @@ export class TemplateStore {
         this.discard(key, true);
       },
     };
+  }
+
+  /**
+   * Removes `lock` if its builder is dead. Two shims may find the same stale lock: the lock is first
+   * renamed to a name of our own (only one rename can succeed), and put back if what was renamed is
+   * no longer the stale lock we judged (another shim broke it and took it meanwhile).
+   */
+  private breakStaleLock(lock: string): boolean {
+    let seen: string;
+    try {
+      seen = readFileSync(lock, "utf8");
+    } catch {
+      return true;
+    }
+    if (ownerAlive(lock)) return false;
+    const mine = `${lock}.stale.${process.pid}`;
+    try {
+      renameSync(lock, mine);
+    } catch {
+      return false;
+    }
+    let taken = "";
+    try {
+      taken = readFileSync(mine, "utf8");
+    } catch {}
+    if (taken !== seen) {
+      try {
+        renameSync(mine, lock);
+      } catch {}
+      return false;
+    }
+    rmSync(mine, { force: true });
+    return true;
   }
 
   /** Drops a template that failed to build or restore; pods boot instead for a while, then it is built again. */
