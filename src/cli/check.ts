@@ -6,6 +6,7 @@ import { dirname, join } from "node:path";
 import { Command } from "commander";
 import { parse as parseToml } from "smol-toml";
 import { defaultConfig, parseConfig, type CocoonConfig } from "../shim/config.js";
+import { isTemplateKey } from "../runtime/vm/template.js";
 import { CRI_PLUGIN, RUNTIME_TYPE, criRuntimes, type RegisteredRuntime } from "./install/containerd-config.js";
 import { runCommand, type Runner } from "./install/host.js";
 import { findSourceRoot } from "./install/layout.js";
@@ -296,7 +297,7 @@ function checkTemplates(env: CheckEnv, vm: CocoonConfig): CheckResult {
     return warn("vm templates", `on, but vm.rootfs "${vm.vm.rootfs}" is not an image (QEMU cannot snapshot a VM with a 9p root): every pod VM boots`, "use the EROFS image (rootfs.erofs) as vm.rootfs");
   }
   const entries = env.listDir(dir) ?? [];
-  const ready = entries.filter((n) => /^[0-9a-f]{16}$/.test(n) && env.exists(join(dir, n, "ready")));
+  const ready = entries.filter((n) => isTemplateKey(n) && env.exists(join(dir, n, "ready")));
   const failed = entries.filter((n) => n.endsWith(".failed")).map((n) => n.slice(0, -".failed".length));
   const what = ready.length ? `${ready.length} ready in ${dir} (${ready.join(", ")})` : `none built yet in ${dir}; the next pod VM builds one`;
   if (failed.length) return warn("vm templates", `on; ${what}; recently failed: ${failed.join(", ")} (those pods boot for 10 minutes)`, "see `restoring the VM template failed` or `VM template build failed` in containerd's log");

@@ -22,13 +22,18 @@ export async function connectAgent(vm: VmHandle, timeoutMs: number): Promise<Ttr
   }
 }
 
-/** The last lines QEMU wrote to its stderr log in `runDir`. */
-export function qemuSaid(runDir: string): string {
+/** The last `lines` lines of a log file (console, QEMU's stderr); undefined when it cannot be read. */
+export function lastLines(file: string, lines: number): string | undefined {
   try {
-    return readFileSync(path.join(runDir, "qemu.stderr"), "utf8").trim().split("\n").slice(-3).join(" / ");
+    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
   } catch {
-    return "";
+    return undefined;
   }
+}
+
+/** The last lines QEMU wrote to its stderr log in `runDir`, on one line. */
+export function qemuSaid(runDir: string): string {
+  return (lastLines(path.join(runDir, "qemu.stderr"), 3) ?? "").trim().split("\n").join(" / ");
 }
 
 /** The agent logs each host session on the console; the last word must be a disconnect. */

@@ -156,7 +156,7 @@ export class Qemu implements Hypervisor {
     const qmp = await Qmp.connect(path.join(spec.runDir, "qmp.sock"), QMP_TIMEOUT_MS);
     try {
       await qmp.execute("stop");
-      await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+      await ignoreSharedRam(qmp);
       await qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(spec.template.stateFile)}` });
       await waitMigration(qmp, vm.exited);
       await qmp.execute("quit").catch(() => undefined);
@@ -174,6 +174,14 @@ const MIGRATION_TIMEOUT_MS = 60_000;
 
 function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * Both ends of a template snapshot leave shared RAM out of the migration stream: the template's RAM
+ * file and the read-only root image, which the clone maps itself.
+ */
+function ignoreSharedRam(qmp: Qmp): Promise<unknown> {
+  return qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
 }
 
 /** Polls query-migrate until the migration (either direction) completed; throws if it failed or QEMU died. */
@@ -195,7 +203,7 @@ async function waitMigration(qmp: Qmp, exited: Promise<unknown>): Promise<void> 
 async function restoreClone(spec: VmSpec, exited: Promise<unknown>): Promise<void> {
   const qmp = await Qmp.connect(path.join(spec.runDir, "qmp.sock"), QMP_TIMEOUT_MS);
   try {
-    await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+    await ignoreSharedRam(qmp);
     await qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(spec.template!.stateFile)}` });
     await waitMigration(qmp, exited);
     await qmp.execute("cont");

@@ -2,7 +2,7 @@
 // VM; every container of the pod then runs inside it through the guest agent. Container rootfs and
 // volumes reach the guest through one shared directory; the pod network through a tap device.
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
 import { failedPrecondition, internal, invalidArgument, notFound, ShimError, unimplemented } from "../../shim/errors.js";
 import { writeBundleState, type BundleState } from "../../shim/delete.js";
@@ -17,7 +17,7 @@ import { chooseAccel } from "./kvm.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
 import { startRelay, type Relay } from "./relay.js";
 import { shareContainer, unshareContainer } from "./sharedfs.js";
-import { buildTemplate, connectAgent, qemuSaid } from "./boot.js";
+import { buildTemplate, connectAgent, lastLines, qemuSaid } from "./boot.js";
 import { TEMPLATE_MAC } from "./qemu.js";
 import { TemplateStore, templateKey, type TemplateShape } from "./template.js";
 
@@ -105,11 +105,7 @@ export function guestRoot(p: string): GuestRoot | undefined {
 }
 
 function tail(file: string, lines = 20): string {
-  try {
-    return readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "(no console output)";
-  }
+  return lastLines(file, lines) ?? "(no console output)";
 }
 
 export class VmRuntime implements Runtime {

@@ -76,6 +76,11 @@ export function templateKey(s: TemplateShape): string {
   return createHash("sha256").update(JSON.stringify(shape)).digest("hex").slice(0, 16);
 }
 
+/** Whether a name in the template root is a template's directory (a key), not a lock, build or failure marker. */
+export function isTemplateKey(name: string): boolean {
+  return /^[0-9a-f]{16}$/.test(name);
+}
+
 function files(dir: string, key: string): Template {
   return { key, dir, memoryFile: path.join(dir, "memory"), stateFile: path.join(dir, "state") };
 }
@@ -228,7 +233,7 @@ export class TemplateStore {
     };
     let names: string[];
     try {
-      names = readdirSync(this.root).filter((n) => /^[0-9a-f]{16}$/.test(n) && n !== keep && used(n) >= 0);
+      names = readdirSync(this.root).filter((n) => isTemplateKey(n) && n !== keep && used(n) >= 0);
     } catch {
       return;
     }
@@ -245,7 +250,7 @@ export class TemplateStore {
       return;
     }
     for (const name of names) {
-      if (!/^[0-9a-f]{16}$/.test(name)) continue;
+      if (!isTemplateKey(name)) continue;
       try {
         const meta = JSON.parse(readFileSync(path.join(this.root, name, "meta.json"), "utf8")) as { assets?: string };
         if (meta.assets !== assets) this.discard(name);
