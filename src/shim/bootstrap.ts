@@ -1,10 +1,11 @@
 // The two commands containerd runs: `start` (find or launch the daemon for this container's group
 // and print its address) and `delete` (clean up after a task whose daemon may be gone).
-import { closeSync, mkdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, readFileSync, readSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { readStateFile, writeStateFile } from "./statefs.js";
 import type { Sys } from "../sys/types.js";
 import path from "node:path";
 import { readBootstrapParams, writeBootstrapResult } from "./options-wire.js";
-import { fastStartKey, rememberStart } from "./fast-start.js";
+import { ensureStartDirs, fastStartKey, rememberStart } from "./fast-start.js";
 import { SPARE_KEY_ENV, SPARE_WATCH_ENV, watchOf } from "./spare-pool.js";
 import { canConnect, socketPath, toAddress } from "./address.js";
 import { spawnChild } from "../sys/children.js";
@@ -107,14 +108,12 @@ function listen(sys: Sys, p: string): number | "in-use" {
 }
 
 export function writeAddressFile(bundle: string, address: string) {
-  const tmp = path.join(bundle, ".address");
-  writeFileSync(tmp, address, { mode: 0o600 });
-  renameSync(tmp, path.join(bundle, "address"));
+  writeStateFile(path.join(bundle, "address"), address);
 }
 
 function readAnnotations(bundle: string): Record<string, string> | undefined {
   try {
-    return JSON.parse(readFileSync(path.join(bundle, "config.json"), "utf8")).annotations;
+    return JSON.parse(readStateFile(path.join(bundle, "config.json")) ?? "null")?.annotations;
   } catch {
     return undefined;
   }
@@ -134,6 +133,8 @@ export interface StartPlan {
  * select (the environment's COCOON_CONFIG as fallback), the group's socket; and the fast-start memo.
  */
 export function planStart(flags: ShimFlags, bundle: string, stdin: Uint8Array, env: NodeJS.ProcessEnv = process.env): StartPlan {
+  // Fails `start` with a clear message if /run/cocoon is not root's alone: better than trusting it.
+  ensureStartDirs();
   const input = parseStartInput(stdin, flags);
   const cfg = resolveConfig(input.options, env);
   const annotations = readAnnotations(bundle);

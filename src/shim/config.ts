@@ -112,13 +112,19 @@ function checkKeys(table: Table, allowed: string[], where: string, section: stri
   }
 }
 
+function intIn(v: number, what: string, min: number, max: number, where: string) {
+  if (!Number.isInteger(v) || v < min || v > max) throw invalidArgument(`config ${where}: ${what} must be an integer from ${min} to ${max}, got ${v}`);
+}
+
 /** Parses config text; `where` names the source in error messages. Unknown keys are errors so typos surface. */
 export function parseConfig(text: string, where: string): CocoonConfig {
   let doc: Table;
   try {
     doc = parse(text) as Table;
   } catch (err) {
-    throw invalidArgument(`config ${where}: ${(err as Error).message.split("\n")[0]}`);
+    const e = err as Error & { line?: number; column?: number };
+    const at = e.line ? `:${e.line}:${e.column ?? 0}` : "";
+    throw invalidArgument(`config ${where}${at}: ${e.message.split("\n")[0]}${at ? ` (line ${e.line}, column ${e.column})` : ""}`);
   }
   const cfg = defaultConfig();
   cfg.source = where;
@@ -156,9 +162,15 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     template: pick(vm, "template", "boolean", where, cfg.vm.template),
     templateMax: pick(vm, "template_max", "number", where, cfg.vm.templateMax),
   };
-  if (!Number.isInteger(cfg.vm.vcpus) || cfg.vm.vcpus < 1) throw invalidArgument(`config ${where}: vm.vcpus must be a positive integer`);
-  if (!Number.isInteger(cfg.vm.templateMax) || cfg.vm.templateMax < 1) throw invalidArgument(`config ${where}: vm.template_max must be a positive integer`);
-  if (!Number.isInteger(cfg.vm.memoryMiB) || cfg.vm.memoryMiB < 64) throw invalidArgument(`config ${where}: vm.memory_mib must be an integer >= 64`);
+  intIn(cfg.vm.vcpus, "vm.vcpus", 1, 255, where);
+  intIn(cfg.vm.templateMax, "vm.template_max", 1, 64, where);
+  intIn(cfg.vm.memoryMiB, "vm.memory_mib", 64, 1 << 20, where);
+  intIn(cfg.vm.tcgCacheMiB, "vm.tcg_cache_mib (0 = QEMU's default)", 0, 1 << 16, where);
+  if (!(cfg.vm.bootTimeoutSec > 0 && cfg.vm.bootTimeoutSec <= 3600)) throw invalidArgument(`config ${where}: vm.boot_timeout_sec must be a number of seconds above 0 and at most 3600, got ${cfg.vm.bootTimeoutSec}`);
+  for (const [key, p] of [["runc.root", cfg.runc.root], ["vm.state_dir", cfg.vm.stateDir], ["vm.kernel", cfg.vm.kernel], ["vm.initrd", cfg.vm.initrd]] as const) {
+    if (!p.startsWith("/")) throw invalidArgument(`config ${where}: ${key} must be an absolute path, got "${p}"`);
+  }
+  if (cfg.vm.rootfs && !cfg.vm.rootfs.startsWith("/")) throw invalidArgument(`config ${where}: vm.rootfs must be an absolute path or "", got "${cfg.vm.rootfs}"`);
   return cfg;
 }
 

@@ -59,7 +59,8 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps, handoff: Dae
   const t0 = performance.now();
   const env = readShimEnv(process.env);
   const log = new Logger("info", { runtime: "cocoon" });
-  log.addSink("first", path.join(handoff.bundle, "log"));
+  // Keyed by the container's id like every later sink, so that its Delete closes it.
+  log.addSink(flags.id || "first", path.join(handoff.bundle, "log"));
   // The first bundle may be deleted while we still serve its pod: hold no reference to it.
   process.chdir("/");
   let cfg;
@@ -118,6 +119,8 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps, handoff: Dae
     exit: () => void exit(0),
     configSource: cfg.source,
     onBundle: (id, bundle) => log.addSink(id, path.join(bundle, "log")),
+    // A long-lived shim (a pod with restarting containers, node grouping) would run out of fds.
+    onBundleGone: (id) => log.removeSink(id),
   });
   process.on("SIGTERM", () => void exit(0));
   process.on("SIGINT", () => void exit(0));

@@ -1,6 +1,6 @@
 // `delete`: what containerd runs after every task and after a daemon died, plus the small state
 // file runtimes leave in each bundle so that it can clean up without the daemon.
-import { readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
+import { unlinkSync } from "node:fs";
 import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -8,7 +8,8 @@ import { DeleteResponseSchema } from "../gen/containerd/task/v2/shim_pb.js";
 import type { ShimFlags } from "./flags.js";
 import { canConnect } from "./address.js";
 import { sweepSpares } from "./spare-pool.js";
-import { sweepDeadDaemons } from "./fast-start.js";
+import { forgetDaemon, runDirTrusted, sweepDeadDaemons, sweepStartInputs } from "./fast-start.js";
+import { readStateFile, writeStateFile } from "./statefs.js";
 
 /** What a runtime leaves in the bundle so `delete` can clean up without the daemon. */
 export interface BundleState {
@@ -19,14 +20,13 @@ export interface BundleState {
 export const STATE_FILE = "cocoon-state.json";
 
 export function writeBundleState(bundle: string, state: BundleState) {
-  const tmp = path.join(bundle, `.${STATE_FILE}`);
-  writeFileSync(tmp, JSON.stringify(state));
-  renameSync(tmp, path.join(bundle, STATE_FILE));
+  writeStateFile(path.join(bundle, STATE_FILE), JSON.stringify(state));
 }
 
 export function readBundleState(bundle: string): BundleState | undefined {
   try {
-    return JSON.parse(readFileSync(path.join(bundle, STATE_FILE), "utf8"));
+    const text = readStateFile(path.join(bundle, STATE_FILE));
+    return text === undefined ? undefined : JSON.parse(text);
   } catch {
     return undefined;
   }
@@ -46,23 +46,35 @@ export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, C
     const cleanup = cleanups[state.mode];
     if (cleanup) pid = (await cleanup(flags.id, bundle, state)).pid;
   }
-  await removeDeadSocket(bundle);
-  sweepSpares();
-  sweepDeadDaemons();
+  // The sweeps remove files by what they find in RUN_DIR: only if it is root's alone, or another
+  // user could point them at files of their choosing.
+  const trusted = runDirTrusted();
+  await removeDeadSocket(bundle, trusted);
+  if (trusted) {
+    sweepSpares();
+    sweepDeadDaemons();
+    sweepStartInputs();
+  }
   const res = create(DeleteResponseSchema, { pid, exitStatus: 128 + 9, exitedAt: timestampFromDate(new Date()) });
   return toBinary(DeleteResponseSchema, res);
 }
 
-/** A daemon killed with SIGKILL leaves its socket file behind; remove it once nobody listens there. */
-async function removeDeadSocket(bundle: string) {
+/**
+ * A daemon killed with SIGKILL leaves its socket file behind; remove it once nobody listens there,
+ * and with it the daemon's record and every memo naming it, so no later `start` is sent there.
+ */
+async function removeDeadSocket(bundle: string, runDirTrusted: boolean) {
   let address = "";
   try {
-    address = readFileSync(path.join(bundle, "address"), "utf8").trim();
+    address = (readStateFile(path.join(bundle, "address")) ?? "").trim();
   } catch {
     return;
   }
   const sock = address.replace(/^unix:\/\//, "");
   if (!sock.startsWith("/") || (await canConnect(sock, 100))) return;
+  try {
+    if (runDirTrusted) forgetDaemon(sock);
+  } catch {}
   try {
     unlinkSync(sock);
   } catch {}

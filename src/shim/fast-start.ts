@@ -5,27 +5,57 @@
 // same key with sha256sum and trusts the memo only while that daemon is alive and owns the socket.
 // A daemon's record is "<pid> <start time> <socket>", so that a reused pid never passes for it.
 import { createHash } from "node:crypto";
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { lstatSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { procStat } from "../sys/procstat.js";
+import { assertPrivateDir, ensurePrivateDir, readStateFileOrUndefined, writeStateFile } from "./statefs.js";
 
+/** Root's alone (0700, checked): the launcher trusts what it finds here only after checking that too. */
 export const RUN_DIR = process.env["COCOON_RUN_DIR"] || "/run/cocoon";
+
+/** Whether RUN_DIR exists and is root's alone (nothing in it can be another user's). */
+export function runDirTrusted(): boolean {
+  try {
+    assertPrivateDir(RUN_DIR);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Creates or checks RUN_DIR and one of its subdirectories; throws UnsafePathError if either is not root's alone. */
+export function runSubdir(...names: string[]): string {
+  ensurePrivateDir(RUN_DIR);
+  const dir = path.join(RUN_DIR, ...names);
+  ensurePrivateDir(dir);
+  return dir;
+}
 
 /** sha256 of "<address>\n<namespace>\n<group>\n" followed by the raw `start` stdin (the options). */
 export function fastStartKey(address: string, namespace: string, group: string, stdin: Uint8Array): string {
   return createHash("sha256").update(`${address}\n${namespace}\n${group}\n`).update(stdin).digest("hex");
 }
 
-function writeAtomic(file: string, text: string) {
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}`;
-  writeFileSync(tmp, text, { mode: 0o600 });
-  renameSync(tmp, file);
+/**
+ * Where the launcher keeps one `start`'s stdin and key inputs while it hashes them
+ * ("<its pid>.in|.pod|.node|.pool"). It only uses RUN_DIR once this made both root's alone.
+ */
+export function ensureStartDirs() {
+  runSubdir("start");
+}
+
+/** Removes the inputs of launchers that were killed before they could (their pid is gone). */
+export function sweepStartInputs() {
+  const dir = path.join(RUN_DIR, "start");
+  for (const n of listNames(dir)) {
+    const pid = Number(n.split(".")[0]);
+    if (!Number.isInteger(pid) || pid <= 0 || processStartTime(pid) === undefined) rmSync(path.join(dir, n), { force: true });
+  }
 }
 
 export function rememberStart(key: string, address: string) {
   try {
-    writeAtomic(path.join(RUN_DIR, "start-cache", key), address);
+    writeStateFile(path.join(runSubdir("start-cache"), key), address);
   } catch {
     // Only an optimisation: the next start takes the Node path again.
   }
@@ -42,7 +72,8 @@ export function processStartTime(pid: number): string | undefined {
 
 export function recordDaemon(socket: string) {
   try {
-    writeAtomic(daemonPidFile(socket), `${process.pid} ${processStartTime(process.pid) ?? "?"} ${socket}`);
+    runSubdir("daemons");
+    writeStateFile(daemonPidFile(socket), `${process.pid} ${processStartTime(process.pid) ?? "?"} ${socket}`);
   } catch {}
 }
 
@@ -58,10 +89,14 @@ function daemonRecords(): DaemonRecord[] {
   const dir = path.join(RUN_DIR, "daemons");
   const out: DaemonRecord[] = [];
   for (const n of listNames(dir)) {
-    try {
-      const [pid, start, socket] = readFileSync(path.join(dir, n), "utf8").trim().split(" ");
-      out.push({ file: path.join(dir, n), pid: Number(pid), socket: socket ?? "", alive: !!pid && !!start && processStartTime(Number(pid)) === start });
-    } catch {}
+    const text = readStateFileOrUndefined(path.join(dir, n));
+    if (text === undefined) {
+      // Not ours to trust (a symlink, a FIFO): gone, so the launcher cannot trip over it either.
+      rmSync(path.join(dir, n), { force: true });
+      continue;
+    }
+    const [pid, start, socket] = text.trim().split(" ");
+    out.push({ file: path.join(dir, n), pid: Number(pid), socket: socket ?? "", alive: !!pid && !!start && processStartTime(Number(pid)) === start });
   }
   return out;
 }
@@ -77,9 +112,7 @@ export function forgetDaemon(socket: string) {
   const dir = path.join(RUN_DIR, "start-cache");
   const address = `unix://${socket}`;
   for (const n of listNames(dir)) {
-    try {
-      if (readFileSync(path.join(dir, n), "utf8") === address) rmSync(path.join(dir, n), { force: true });
-    } catch {}
+    if (readStateFileOrUndefined(path.join(dir, n)) === address) rmSync(path.join(dir, n), { force: true });
   }
 }
 
@@ -99,18 +132,19 @@ export function sweepDeadDaemons(now = Date.now()) {
   for (const n of listNames(memos)) {
     const file = path.join(memos, n);
     try {
-      if (now - statSync(file).mtimeMs < MEMO_GRACE_MS) continue;
-      const sock = readFileSync(file, "utf8").trim().replace(/^unix:\/\//, "");
-      if (!live.has(path.basename(sock))) rmSync(file, { force: true });
+      if (now - lstatSync(file).mtimeMs < MEMO_GRACE_MS) continue;
+      const sock = (readStateFileOrUndefined(file) ?? "").trim().replace(/^unix:\/\//, "");
+      if (!sock || !live.has(path.basename(sock))) rmSync(file, { force: true });
     } catch {}
   }
 }
 
 const MEMO_GRACE_MS = 10_000;
 
+/** Entries of a state dir, less the files writeStateFile is still writing (".<name>.<pid>.<rand>"). */
 function listNames(dir: string): string[] {
   try {
-    return readdirSync(dir);
+    return readdirSync(dir).filter((n) => !n.startsWith("."));
   } catch {
     return [];
   }

@@ -31,7 +31,7 @@ export class Logger {
   addSink(key: string, fifoPath: string) {
     if (this.sinks.has(key)) return;
     try {
-      this.sinks.set(key, openSync(fifoPath, constants.O_WRONLY | constants.O_NONBLOCK));
+      this.sinks.set(key, openSync(fifoPath, constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW));
     } catch {
       // No log pipe (e.g. started by hand): logs are dropped rather than failing the shim.
     }

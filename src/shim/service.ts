@@ -75,7 +75,9 @@ export interface ServiceOptions {
   exit: () => void;
   /** The Cocoon config file the daemon runs with, to reject a container configured for another one. */
   configSource: string;
+  /** A container's bundle is in use (Create), or no longer (its Delete, or a failed Create). */
   onBundle?: (id: string, bundle: string) => void;
+  onBundleGone?: (id: string) => void;
 }
 
 export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
@@ -94,16 +96,22 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
       }
       const spec = await readSpec(req.bundle);
       o.onBundle?.(req.id, req.bundle);
-      const { pid } = await tasks.create({
-        id: req.id,
-        namespace: namespaceFromBundle(req.bundle, o.namespace),
-        bundle: req.bundle,
-        rootfs: req.rootfs.map((m) => ({ type: m.type, source: m.source, target: m.target, options: [...m.options] })),
-        stdio: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
-        checkpoint: req.checkpoint,
-        spec,
-        runcOverrides,
-      });
+      let pid: number;
+      try {
+        ({ pid } = await tasks.create({
+          id: req.id,
+          namespace: namespaceFromBundle(req.bundle, o.namespace),
+          bundle: req.bundle,
+          rootfs: req.rootfs.map((m) => ({ type: m.type, source: m.source, target: m.target, options: [...m.options] })),
+          stdio: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+          checkpoint: req.checkpoint,
+          spec,
+          runcOverrides,
+        }));
+      } catch (err) {
+        o.onBundleGone?.(req.id);
+        throw err;
+      }
       return create(CreateTaskResponseSchema, { pid });
     },
     async start(req) {
@@ -112,6 +120,7 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
     },
     async delete(req) {
       const r = await tasks.delete(ref(req.id, req.execId));
+      if (!req.execId) o.onBundleGone?.(req.id);
       return create(DeleteResponseSchema, { pid: r.pid, exitStatus: r.exitStatus, exitedAt: exitedAtOrZero(r.exitedAt) });
     },
     async exec(req) {

@@ -8,10 +8,11 @@
 //   $RUN_DIR/spares/<key>/.new-<pid>-<start>/     being built by the spare, renamed when complete
 //   $RUN_DIR/spares/<key>.starting                pid of the spare being booted (one at a time)
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, lstatSync, openSync, readdirSync, rmdirSync, rmSync, writeSync } from "node:fs";
 import path from "node:path";
 import { spawnChild } from "../sys/children.js";
-import { processStartTime, RUN_DIR } from "./fast-start.js";
+import { processStartTime, RUN_DIR, runSubdir } from "./fast-start.js";
+import { readStateFileOrUndefined } from "./statefs.js";
 
 export const SPARES_DIR = path.join(RUN_DIR, "spares");
 
@@ -71,9 +72,9 @@ export function liveSpares(key: string): number[] {
 /** Whether a spare of this pool is booting now: the marker names a live process, or was just made. */
 export function spareBooting(key: string): boolean {
   try {
-    const text = readFileSync(markerPath(key), "utf8").trim();
+    const text = (readStateFileOrUndefined(markerPath(key)) ?? "").trim();
     if (text) return processStartTime(Number(text)) !== undefined;
-    return Date.now() - statSync(markerPath(key)).mtimeMs < 5_000;
+    return Date.now() - lstatSync(markerPath(key)).mtimeMs < 5_000;
   } catch {
     return false;
   }
@@ -82,7 +83,7 @@ export function spareBooting(key: string): boolean {
 /** Removes the boot marker if it names this process (a spare calls this once registered, or on exit). */
 export function clearBootMarker(key: string, pid = process.pid) {
   try {
-    if (readFileSync(markerPath(key), "utf8").trim() === String(pid)) rmSync(markerPath(key), { force: true });
+    if ((readStateFileOrUndefined(markerPath(key)) ?? "").trim() === String(pid)) rmSync(markerPath(key), { force: true });
   } catch {}
 }
 
@@ -166,12 +167,12 @@ function openMarker(key: string): number {
   const p = markerPath(key);
   for (let attempt = 0; ; attempt++) {
     try {
-      return openSync(p, "wx", 0o600);
+      return openSync(p, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (attempt > 2 || (code !== "ENOENT" && code !== "EEXIST")) throw err;
       // mkdir only now: an exiting spare removes the pool's dirs once they are empty.
-      if (code === "ENOENT") mkdirSync(SPARES_DIR, { recursive: true, mode: 0o700 });
+      if (code === "ENOENT") runSubdir("spares");
       else if (spareBooting(key)) throw err;
       else rmSync(p, { force: true });
     }

@@ -21,7 +21,8 @@ import { procStat } from "../sys/procstat.js";
 import { adjustOomScore, bindDaemonSocket, joinCgroup, parseStartInput, planStart, writeAddressFile } from "./bootstrap.js";
 import { parseConfig } from "./config.js";
 import type { DaemonHandoff } from "./daemon.js";
-import { processStartTime } from "./fast-start.js";
+import { processStartTime, runSubdir } from "./fast-start.js";
+import { readStateFile } from "./statefs.js";
 import { parseShimFlags, type ShimFlags } from "./flags.js";
 import {
   clearBootMarker, isSpareKey, poolDir, SPARES_DIR, removeEmptyPoolDirs, SPARE_KEY_ENV, SPARE_WANT_ENV, SPARE_WATCH_ENV,
@@ -70,7 +71,7 @@ function parseEnviron(bytes: Buffer): NodeJS.ProcessEnv {
 
 /** What the launcher (pid `pid`) asks: its own argv file, and the rest from its /proc entry. */
 function readRequest(pid: number, claim: string): Request {
-  const argv = readFileSync(path.join(claim, "argv"), "utf8").split("\0");
+  const argv = (readStateFile(path.join(claim, "argv")) ?? "").split("\0");
   if (argv[argv.length - 1] === "") argv.pop();
   const stat = procStat(pid);
   if (!stat) throw new Error(`the launcher (pid ${pid}) is gone`);
@@ -157,7 +158,8 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
       const tmp = path.join(poolDir(key), `.new-${me}`);
       try {
         rmSync(tmp, { recursive: true, force: true });
-        mkdirSync(tmp, { recursive: true, mode: 0o700 });
+        runSubdir("spares", key);
+        mkdirSync(tmp, { mode: 0o700 });
         execFileSync("mkfifo", ["-m", "600", path.join(tmp, "req"), path.join(tmp, "reply")], { stdio: "ignore" });
         // Read-write, so that it never reports EOF and a writer never blocks on open.
         const fd = openSync(path.join(tmp, "req"), constants.O_RDWR | constants.O_NONBLOCK);
@@ -302,7 +304,7 @@ async function sendReply(claim: string, text: string): Promise<boolean> {
   for (;;) {
     let fd: number;
     try {
-      fd = openSync(path.join(claim, "reply"), constants.O_WRONLY | constants.O_NONBLOCK);
+      fd = openSync(path.join(claim, "reply"), constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENXIO" || Date.now() > deadline) return false;
       await sleep(2);

@@ -85,7 +85,7 @@ describe("our shim over raw TTRPC", { timeout: 120_000 }, () => {
     // A PATH with the shell tools the launcher uses but no node: only the fast path can succeed.
     const tools = path.join(dir, "tools");
     mkdirSync(tools, { recursive: true });
-    for (const t of ["readlink", "cat", "rm", "grep", "sha256sum", "tee", "mv", "timeout"]) {
+    for (const t of ["readlink", "stat", "cat", "rm", "grep", "sha256sum", "tee", "mv", "timeout"]) {
       const found = ["/usr/bin", "/bin"].map((d) => path.join(d, t)).find((p) => existsSync(p));
       if (found && !existsSync(path.join(tools, t))) symlinkSync(found, path.join(tools, t));
     }

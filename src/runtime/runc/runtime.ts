@@ -2,7 +2,6 @@
 // crun). The shim mounts the rootfs, runs `create`/`start`/`exec` with pid files, and learns exits
 // through the reaper, since every container process ends up re-parented to the shim.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../shim/errors.js";
@@ -16,6 +15,7 @@ import type { FdReceiver, Sys } from "../../sys/types.js";
 import { CgroupPaths, cgroupRelPath } from "./cgroups.js";
 import type { RuncBundleState } from "./cleanup.js";
 import { STATE_FILE, writeBundleState } from "../../shim/delete.js";
+import { runSubdir } from "../../shim/fast-start.js";
 import { OciCli, resolveBinary } from "./cli.js";
 
 interface ExecProc {
@@ -40,7 +40,8 @@ interface ContainerRec {
   criu: string;
 }
 
-const consoleSocketPath = () => path.join(os.tmpdir(), `cocoon-pty-${randomBytes(6).toString("hex")}.sock`);
+/** runc hands the pty master over this socket: in root's own run dir, never in a shared /tmp. */
+const consoleSocketPath = () => path.join(runSubdir("console"), `${randomBytes(6).toString("hex")}.sock`);
 
 function readPid(file: string): number {
   const pid = Number(readFileSync(file, "utf8").trim());

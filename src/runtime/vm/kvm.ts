@@ -2,7 +2,8 @@
 // the guest kernel once under KVM with nothing to mount, and use KVM only if it gets as far as its
 // root-mount panic within a few seconds. The answer is cached per state dir (i.e. per boot of the host).
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { ensurePrivateDir, readStateFile, writeStateFile } from "../../shim/statefs.js";
 import path from "node:path";
 import type { Logger } from "../../shim/log.js";
 
@@ -54,15 +55,15 @@ export async function chooseAccel(setting: "auto" | "kvm" | "tcg", stateDir: str
   if (setting !== "auto") return setting;
   const cache = path.join(stateDir, "kvm-probe.json");
   try {
-    const cached = JSON.parse(readFileSync(cache, "utf8")) as KvmProbe;
+    const cached = JSON.parse(readStateFile(cache) ?? "") as KvmProbe;
     return cached.kvm ? "kvm" : "tcg";
   } catch {}
   if (!kernel) return "tcg";
   const probe = await probeKvm(qemu, kernel, stateDir);
   log.info("KVM probe", { kvm: probe.kvm, reason: probe.reason, ms: probe.ms });
   try {
-    mkdirSync(stateDir, { recursive: true });
-    writeFileSync(cache, JSON.stringify(probe));
+    ensurePrivateDir(stateDir);
+    writeStateFile(cache, JSON.stringify(probe));
   } catch {}
   return probe.kvm ? "kvm" : "tcg";
 }

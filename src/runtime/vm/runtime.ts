@@ -1,10 +1,10 @@
 // vm mode: every pod is a QEMU VM with its own guest kernel. The pod's sandbox container boots the
 // VM; every container of the pod then runs inside it through the guest agent. Container rootfs and
 // volumes reach the guest through one shared directory; the pod network through a tap device.
-import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, rmSync, statSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
-import { failedPrecondition, internal, invalidArgument, notFound, ShimError, unimplemented } from "../../shim/errors.js";
+import { alreadyExists, failedPrecondition, internal, invalidArgument, notFound, ShimError, unimplemented } from "../../shim/errors.js";
 import { writeBundleState, type BundleState } from "../../shim/delete.js";
 import type { CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats } from "../../shim/runtime.js";
 import { ProcessIO } from "../../shim/stdio.js";
@@ -19,6 +19,7 @@ import { startRelay, type Relay } from "./relay.js";
 import { shareContainer, unshareContainer } from "./sharedfs.js";
 import { buildTemplate, connectAgent, lastLines, qemuSaid } from "./boot.js";
 import { TEMPLATE_MAC } from "./qemu.js";
+import { claimRunDir, releaseRunDir } from "./rundir.js";
 import { TemplateStore, templateKey, type TemplateShape } from "./template.js";
 
 /** How long a VM whose agent acknowledged Shutdown gets to power itself off before QEMU is killed. */
@@ -87,9 +88,6 @@ export function podSizing(ann: Record<string, string>, baseVcpus: number, baseMi
   return { vcpus: baseVcpus + extraCpus, memoryMiB: baseMiB + (mem > 0 ? Math.ceil(mem / (1 << 20)) : 0) };
 }
 
-/** Short, fixed-length names keep socket paths under the 108-byte limit. */
-const shortId = (id: string) => createHash("sha256").update(id).digest("hex").slice(0, 16);
-
 /** vm.rootfs: "" (the initrd holds everything), a directory (9p) or an image file (virtio-pmem). */
 export function guestRoot(p: string): GuestRoot | undefined {
   if (!p) return undefined;
@@ -152,10 +150,11 @@ export class VmRuntime implements Runtime {
       throw invalidArgument("host networking cannot be used in vm mode: the pod's network is carried into its VM (use the cocoon-runc handler for hostNetwork pods)");
     }
     let sandbox = this.sandboxes.get(sandboxId);
+    if (sandbox && isSandbox) throw alreadyExists(`pod sandbox ${sandboxId} already runs in this shim`);
     let booted = false;
     if (!sandbox) {
       if (!isSandbox) throw failedPrecondition(`pod sandbox ${sandboxId} of container ${req.id} is not running in this shim`);
-      sandbox = await this.bootSandbox(sandboxId, netNs?.path ?? "", String(req.spec["hostname"] ?? ""), podSizing(ann, this.ctx.config.vm.vcpus, this.ctx.config.vm.memoryMiB));
+      sandbox = await this.bootSandbox(req.namespace, sandboxId, netNs?.path ?? "", String(req.spec["hostname"] ?? ""), podSizing(ann, this.ctx.config.vm.vcpus, this.ctx.config.vm.memoryMiB));
       booted = true;
     }
     const sb = sandbox;
@@ -211,16 +210,13 @@ export class VmRuntime implements Runtime {
     );
   }
 
-  private async bootSandbox(id: string, netnsPath: string, hostname: string, size: { vcpus: number; memoryMiB: number }): Promise<Sandbox> {
+  private async bootSandbox(namespace: string, id: string, netnsPath: string, hostname: string, size: { vcpus: number; memoryMiB: number }): Promise<Sandbox> {
     const vmCfg = this.ctx.config.vm;
     for (const [what, p] of [["guest kernel", vmCfg.kernel], ["guest initrd", vmCfg.initrd]] as const) {
       if (!existsSync(p)) throw failedPrecondition(`${what} ${p} is missing (build it with guest/build.sh and set vm.${what === "guest kernel" ? "kernel" : "initrd"} in the Cocoon config)`);
     }
     const root = guestRoot(vmCfg.rootfs);
-    const runDir = path.join(this.stateDir, shortId(id));
-    const sharedDir = path.join(runDir, "shared");
-    rmSync(runDir, { recursive: true, force: true });
-    mkdirSync(sharedDir, { recursive: true, mode: 0o700 });
+    const { runDir, sharedDir } = claimRunDir(this.sys, this.stateDir, namespace, id);
     const log = this.ctx.log.child({ sandbox: id });
     let net: PodNetwork | undefined;
     let vm: VmHandle | undefined;
@@ -277,7 +273,7 @@ export class VmRuntime implements Runtime {
       vm?.kill();
       if (vm) await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 3000))]);
       if (net) await teardownTap(net.netns, net.iface.name).catch(() => undefined);
-      rmSync(runDir, { recursive: true, force: true });
+      releaseRunDir(this.sys, runDir);
       if (err instanceof ShimError && !vm) throw err;
       throw internal(`VM for pod ${id} did not come up: ${(err as Error).message}\n--- qemu stderr ---\n${stderr}\n--- end of guest console ---\n${console}`, err);
     }
@@ -397,7 +393,7 @@ export class VmRuntime implements Runtime {
     try {
       unshareContainer(this.sys, path.dirname(sb.sharedDir), "shared");
     } catch {}
-    rmSync(sb.runDir, { recursive: true, force: true });
+    releaseRunDir(this.sys, sb.runDir);
     this.sandboxes.delete(sb.id);
   }
 

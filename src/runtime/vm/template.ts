@@ -12,7 +12,8 @@
 // and kills the builder's QEMU. Templates of other assets (a rebuilt guest, a new QEMU) are removed
 // when a new template is built; the clones still running keep their mapping of the removed file.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
+import { createStateFile, ensurePrivateDir, readStateFile, writeStateFile } from "../../shim/statefs.js";
 import path from "node:path";
 import { procStat } from "../../sys/procstat.js";
 import type { GuestRoot } from "./hypervisor.js";
@@ -88,7 +89,7 @@ function files(dir: string, key: string): Template {
 function ownerAlive(lockFile: string): boolean {
   let owner: string[];
   try {
-    owner = readFileSync(lockFile, "utf8").trim().split(" ");
+    owner = (readStateFile(lockFile) ?? "").trim().split(" ");
   } catch {
     return false;
   }
@@ -100,7 +101,7 @@ function ownerAlive(lockFile: string): boolean {
 function killOrphanQemu(buildDir: string) {
   let pid: number;
   try {
-    pid = Number(readFileSync(path.join(buildDir, "qemu.pid"), "utf8").trim());
+    pid = Number((readStateFile(path.join(buildDir, "qemu.pid")) ?? "").trim());
   } catch {
     return;
   }
@@ -132,14 +133,14 @@ export class TemplateStore {
    * not cost every pod a build).
    */
   claim(key: string, shape: TemplateShape): TemplateBuild | undefined {
-    mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    ensurePrivateDir(this.root);
     if (this.failedRecently(key)) return undefined;
     const lock = path.join(this.root, `${key}.lock`);
     const buildDir = path.join(this.root, `${key}.build`);
     const me = `${process.pid} ${procStat(process.pid)?.startTime ?? ""}\n`;
     for (let attempt = 0; ; attempt++) {
       try {
-        writeFileSync(lock, me, { flag: "wx" });
+        createStateFile(lock, me);
         break;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "EEXIST" || attempt > 0 || !this.breakStaleLock(lock)) return undefined;
@@ -159,8 +160,8 @@ export class TemplateStore {
       commit: () => {
         // Only what clones need stays: RAM, device state, and what it was made from.
         for (const f of readdirSync(buildDir)) if (f !== "memory" && f !== "state") rmSync(path.join(buildDir, f), { recursive: true, force: true });
-        writeFileSync(path.join(buildDir, "meta.json"), JSON.stringify({ key, assets: assetSignature(shape), memoryMiB: shape.memoryMiB, vcpus: shape.vcpus, accel: shape.accel, builtAt: new Date().toISOString() }) + "\n");
-        writeFileSync(path.join(buildDir, "ready"), "");
+        createStateFile(path.join(buildDir, "meta.json"), JSON.stringify({ key, assets: assetSignature(shape), memoryMiB: shape.memoryMiB, vcpus: shape.vcpus, accel: shape.accel, builtAt: new Date().toISOString() }) + "\n");
+        createStateFile(path.join(buildDir, "ready"), "");
         rmSync(finalDir, { recursive: true, force: true });
         renameSync(buildDir, finalDir);
         release();
@@ -183,7 +184,7 @@ export class TemplateStore {
   private breakStaleLock(lock: string): boolean {
     let seen: string;
     try {
-      seen = readFileSync(lock, "utf8");
+      seen = readStateFile(lock) ?? "";
     } catch {
       return true;
     }
@@ -196,7 +197,7 @@ export class TemplateStore {
     }
     let taken = "";
     try {
-      taken = readFileSync(mine, "utf8");
+      taken = readStateFile(mine) ?? "";
     } catch {}
     if (taken !== seen) {
       try {
@@ -211,7 +212,7 @@ export class TemplateStore {
   /** Drops a template that failed to build or restore; pods boot instead for a while, then it is built again. */
   discard(key: string, failed = false) {
     rmSync(path.join(this.root, key), { recursive: true, force: true });
-    if (failed) writeFileSync(path.join(this.root, `${key}.failed`), new Date().toISOString() + "\n");
+    if (failed) writeStateFile(path.join(this.root, `${key}.failed`), new Date().toISOString() + "\n");
   }
 
   failedRecently(key: string): boolean {
@@ -252,7 +253,7 @@ export class TemplateStore {
     for (const name of names) {
       if (!isTemplateKey(name)) continue;
       try {
-        const meta = JSON.parse(readFileSync(path.join(this.root, name, "meta.json"), "utf8")) as { assets?: string };
+        const meta = JSON.parse(readStateFile(path.join(this.root, name, "meta.json")) ?? "{}") as { assets?: string };
         if (meta.assets !== assets) this.discard(name);
       } catch {}
     }
