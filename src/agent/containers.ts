@@ -103,6 +103,13 @@ export class Containers {
     return e.proc;
   }
 
+  /** Containers whose init still runs, by its pid: the ones whose namespaces another may join. */
+  private namespaceOwners(): Map<number, string> {
+    const owners = new Map<number, string>();
+    for (const c of this.containers.values()) if (c.status !== "stopped" && c.init.pid > 0) owners.set(c.init.pid, c.id);
+    return owners;
+  }
+
   private consoleSocket(): FdReceiver {
     const p = path.join(this.bundleRoot, `pty-${process.pid}-${++this.consoleSeq}-${randomBytes(3).toString("hex")}.sock`);
     return this.d.sys.receiveFd(p, CONSOLE_TIMEOUT_MS);
@@ -118,7 +125,7 @@ export class Containers {
     let receiver: FdReceiver | undefined;
     let created = false;
     try {
-      const { spec, netSysctls, notes } = guestSpec(specJson, id, flags.terminal);
+      const { spec, netSysctls, notes } = guestSpec(specJson, id, flags.terminal, this.namespaceOwners());
       for (const n of notes) log.debug("spec adjusted", { note: n });
       for (const [k, v] of Object.entries(netSysctls)) {
         try {

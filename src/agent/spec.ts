@@ -1,7 +1,7 @@
 // The last rewrite of an OCI spec, done where only the guest knows the answers. The host already
-// pointed root.path and bind-mount sources into the shared directory; here the pod-level
-// namespaces (given by host paths) become the VM's own, and what the guest kernel or this guest
-// cannot honour is taken out.
+// pointed root.path and bind-mount sources into the shared directory; here the namespaces a
+// container shares with another of the pod (given as /proc/<pid>/ns/... paths) are resolved to that
+// container's in the guest, and what the guest kernel or this guest cannot honour is taken out.
 import { existsSync } from "node:fs";
 import { invalidArgument } from "./errors.js";
 
@@ -39,7 +39,63 @@ export function guestProcess(proc: Json, terminal: boolean): Json {
   return out;
 }
 
-export function guestSpec(specJson: Uint8Array | string, containerId: string, terminal: boolean): GuestSpecResult {
+/**
+ * The containers of the pod whose namespaces another may join: the pid of each one's running init
+ * (as the agent reported it, which is the pid the host hands containerd) -> its container id.
+ */
+export type NamespaceOwners = ReadonlyMap<number, string>;
+
+/** The file under /proc/<pid>/ns/ for each OCI namespace type. */
+const NS_FILES: Readonly<Record<string, string>> = {
+  pid: "pid", ipc: "ipc", uts: "uts", mount: "mnt", network: "net", user: "user", cgroup: "cgroup", time: "time",
+};
+
+const PROC_NS_PATH = /^\/proc\/([1-9][0-9]*)\/ns\/[a-z_]+$/;
+
+/**
+ * The namespaces a container gets in the guest. A namespace without a path is a new one; one with a
+ * path is shared with another container of the pod (containerd's CRI plugin points app containers
+ * at the sandbox's ipc, uts and, with a shared process namespace, pid) and must name one that this
+ * agent started: any other path (a host netns file, /proc/1/...) is refused, never followed. Every
+ * container of the pod keeps the VM's network. A container always has a PID namespace of the pod's
+ * own, so that it never sees the agent or anything else of the VM.
+ */
+export function guestNamespaces(namespaces: unknown, owners: NamespaceOwners, notes: string[] = []): Json[] {
+  const out: Json[] = [];
+  for (const ns of Array.isArray(namespaces) ? namespaces : []) {
+    if (!isObject(ns)) continue;
+    const type = ns["type"];
+    if (typeof type !== "string" || !(type in NS_FILES)) throw invalidArgument(`unknown namespace type ${JSON.stringify(type)}`);
+    // Every container of the pod uses the VM's network, which SetupNetwork configured.
+    if (type === "network") {
+      notes.push(`network namespace ${typeof ns["path"] === "string" ? ns["path"] : "(new)"} dropped (the VM's network is the pod's)`);
+      continue;
+    }
+    const p = ns["path"];
+    if (p === undefined || p === "") {
+      out.push({ type });
+      continue;
+    }
+    const m = typeof p === "string" ? PROC_NS_PATH.exec(p) : null;
+    const pid = m ? Number(m[1]) : 0;
+    const owner = owners.get(pid);
+    if (!owner) {
+      throw invalidArgument(`${type} namespace ${JSON.stringify(p)} does not belong to a container of this pod: in vm mode a container can only share namespaces with the containers of its own VM`);
+    }
+    // Rebuilt from the type rather than taken from the path, so a path cannot name a namespace of another kind.
+    out.push({ type, path: `/proc/${pid}/ns/${NS_FILES[type]}` });
+    notes.push(`joins the ${type} namespace of container ${owner}`);
+  }
+  if (!out.some((ns) => ns["type"] === "pid")) {
+    throw invalidArgument("the spec has no PID namespace: the container would see the guest agent and every process of the VM (hostPID cannot be used in vm mode; use the cocoon-runc handler)");
+  }
+  // The guest is cgroup v2: like containerd on v2 hosts, give each container its own cgroup
+  // namespace so /sys/fs/cgroup shows its own limits (memory.max …), not the VM's root.
+  if (!out.some((ns) => ns["type"] === "cgroup")) out.push({ type: "cgroup" });
+  return out;
+}
+
+export function guestSpec(specJson: Uint8Array | string, containerId: string, terminal: boolean, owners: NamespaceOwners = new Map()): GuestSpecResult {
   const spec = parseJsonObject(specJson, "spec_json");
   const notes: string[] = [];
   const root = spec["root"];
@@ -53,26 +109,7 @@ export function guestSpec(specJson: Uint8Array | string, containerId: string, te
   const linux: Json = isObject(spec["linux"]) ? spec["linux"] : {};
   spec["linux"] = linux;
   linux["cgroupsPath"] = cgroupPathOf(containerId);
-  if (Array.isArray(linux["namespaces"])) {
-    const kept = (linux["namespaces"] as unknown[]).filter((ns) => {
-      if (!isObject(ns)) return false;
-      // A path names a namespace of the host; the pod's shared namespaces are the VM's own here.
-      if (typeof ns["path"] === "string" && ns["path"]) {
-        notes.push(`joined ${String(ns["type"])} namespace of the VM instead of ${ns["path"]}`);
-        return false;
-      }
-      // Every container of the pod uses the VM's network, which SetupNetwork configured.
-      if (ns["type"] === "network") {
-        notes.push("network namespace dropped (the VM's network is the pod's)");
-        return false;
-      }
-      return true;
-    });
-    // The guest is cgroup v2: like containerd on v2 hosts, give each container its own cgroup
-    // namespace so /sys/fs/cgroup shows its own limits (memory.max …), not the VM's root.
-    if (!kept.some((ns) => isObject(ns) && ns["type"] === "cgroup")) kept.push({ type: "cgroup" });
-    linux["namespaces"] = kept;
-  }
+  linux["namespaces"] = guestNamespaces(linux["namespaces"], owners, notes);
   delete linux["mountLabel"];
 
   const netSysctls: Record<string, string> = {};

@@ -62,10 +62,16 @@ describe("guestSpec", () => {
   };
 
   it("keeps the container's own settings and takes out what only the host had", () => {
-    const { spec, netSysctls, notes } = guestSpec(JSON.stringify(hostSpec), "c1", true);
+    const { spec, netSysctls, notes } = guestSpec(JSON.stringify(hostSpec), "c1", true, new Map([[42, "sandbox"]]));
     const s = spec as any;
     assert.equal(s.linux.cgroupsPath, "/cocoon/c1");
-    assert.deepEqual(s.linux.namespaces, [{ type: "pid" }, { type: "mount" }, { type: "cgroup" }]);
+    assert.deepEqual(s.linux.namespaces, [
+      { type: "pid" },
+      { type: "ipc", path: "/proc/42/ns/ipc" },
+      { type: "uts", path: "/proc/42/ns/uts" },
+      { type: "mount" },
+      { type: "cgroup" },
+    ]);
     assert.equal(s.process.terminal, true);
     assert.equal(s.process.apparmorProfile, undefined);
     assert.equal(s.process.selinuxLabel, undefined);

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { NamespaceMode } from "../../src/gen/cri/runtime/v1/api_pb.js";
+import { MountPropagation, NamespaceMode } from "../../src/gen/cri/runtime/v1/api_pb.js";
 import { PodSpecError, parsePodSpec, toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
 
 const YAML_SPEC = `
@@ -133,4 +133,41 @@ test("host networking maps to NODE namespaces and an empty hostname; uids are ra
   assert.equal(a.sandbox.hostname, "");
   assert.equal(a.sandbox.linux?.securityContext?.namespaceOptions?.network, NamespaceMode.NODE);
   assert.equal(a.containers[0]!.linux?.securityContext?.namespaceOptions?.network, NamespaceMode.NODE);
+});
+
+test("namespace options, sysctls and mount propagation map as kubelet maps them", () => {
+  const spec = parsePodSpec(`
+name: ns
+shareProcessNamespace: true
+hostIPC: true
+sysctls: {kernel.shm_rmid_forced: "1", fs.mqueue.msg_max: 100}
+containers:
+  - name: c
+    image: i
+    mounts:
+      - {hostPath: /a, containerPath: /a, mountPropagation: Bidirectional}
+      - {hostPath: /b, containerPath: /b, mountPropagation: HostToContainer}
+      - {hostPath: /c, containerPath: /c}
+`);
+  const pod = toCriConfigs(spec, { logRoot: "/logs" });
+  assert.deepEqual(pod.sandbox.linux?.sysctls, { "kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "100" });
+  for (const opts of [pod.sandbox.linux?.securityContext?.namespaceOptions, pod.containers[0]!.linux?.securityContext?.namespaceOptions]) {
+    assert.equal(opts?.pid, NamespaceMode.POD);
+    assert.equal(opts?.ipc, NamespaceMode.NODE);
+    assert.equal(opts?.network, NamespaceMode.POD);
+  }
+  assert.deepEqual(pod.containers[0]!.mounts.map((m) => m.propagation), [MountPropagation.PROPAGATION_BIDIRECTIONAL, MountPropagation.PROPAGATION_HOST_TO_CONTAINER, MountPropagation.PROPAGATION_PRIVATE]);
+
+  const plain = toCriConfigs(validatePodSpec({ name: "p", containers: [{ name: "c", image: "i" }] }), { logRoot: "/logs" });
+  assert.equal(plain.sandbox.linux?.securityContext?.namespaceOptions?.pid, NamespaceMode.CONTAINER);
+  assert.equal(plain.sandbox.linux?.securityContext?.namespaceOptions?.ipc, NamespaceMode.POD);
+  const host = toCriConfigs(validatePodSpec({ name: "p", hostPID: true, containers: [{ name: "c", image: "i" }] }), { logRoot: "/logs" });
+  assert.equal(host.containers[0]!.linux?.securityContext?.namespaceOptions?.pid, NamespaceMode.NODE);
+
+  assert.deepEqual(problems({ name: "p", hostPID: true, shareProcessNamespace: true, sysctls: { "bad name": "1", "kernel.x": [] }, containers: [{ name: "c", image: "i", mounts: [{ hostPath: "/a", containerPath: "/a", mountPropagation: "rshared" }] }] }), [
+    "sysctls.bad name: \"bad name\" is not a kernel parameter name",
+    "sysctls.kernel.x: must be a string or a number",
+    "shareProcessNamespace: cannot be true together with hostPID",
+    "containers[0].mounts[0].mountPropagation: must be one of None, HostToContainer, Bidirectional",
+  ]);
 });

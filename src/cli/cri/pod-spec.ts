@@ -15,10 +15,20 @@ import {
   type PodSandboxConfig,
 } from "../../gen/cri/runtime/v1/api_pb.js";
 
+/** Kubernetes' mountPropagation values. */
+export type MountPropagationMode = "None" | "HostToContainer" | "Bidirectional";
+const PROPAGATIONS: Record<MountPropagationMode, MountPropagation> = {
+  None: MountPropagation.PROPAGATION_PRIVATE,
+  HostToContainer: MountPropagation.PROPAGATION_HOST_TO_CONTAINER,
+  Bidirectional: MountPropagation.PROPAGATION_BIDIRECTIONAL,
+};
+
 export interface PodMount {
   hostPath: string;
   containerPath: string;
   readOnly: boolean;
+  /** Default None (private). */
+  mountPropagation?: MountPropagationMode;
 }
 
 export interface PodResources {
@@ -48,6 +58,12 @@ export interface PodSpec {
   /** A runtime name from containerd's CRI config (RuntimeClass handler); "" = containerd's default. */
   runtimeHandler: string;
   hostNetwork: boolean;
+  hostIPC: boolean;
+  hostPID: boolean;
+  /** One PID namespace for every container of the pod (and its pause process). */
+  shareProcessNamespace: boolean;
+  /** Namespaced kernel parameters of the pod (Kubernetes' securityContext.sysctls). */
+  sysctls: Record<string, string>;
   labels: Record<string, string>;
   /** Pod annotations; the `io.cocoon.*` ones reach the shim (containerd `pod_annotations`). */
   annotations: Record<string, string>;
@@ -185,16 +201,36 @@ function checkMounts(c: Checker, v: unknown, at: string): PodMount[] {
   return v.map((m, i) => {
     const here = `${at}[${i}]`;
     if (!isObj(m)) {
-      c.fail(here, "must be {hostPath, containerPath, readOnly?}");
+      c.fail(here, "must be {hostPath, containerPath, readOnly?, mountPropagation?}");
       return { hostPath: "", containerPath: "", readOnly: false };
     }
-    c.keys(m, ["hostPath", "containerPath", "readOnly"], here);
+    c.keys(m, ["hostPath", "containerPath", "readOnly", "mountPropagation"], here);
     const hostPath = c.str(m, "hostPath", `${here}.hostPath`, true);
     const containerPath = c.str(m, "containerPath", `${here}.containerPath`, true);
     if (hostPath && !hostPath.startsWith("/")) c.fail(`${here}.hostPath`, "must be an absolute path");
     if (containerPath && !containerPath.startsWith("/")) c.fail(`${here}.containerPath`, "must be an absolute path");
-    return { hostPath, containerPath, readOnly: c.bool(m, "readOnly", `${here}.readOnly`) };
+    const out: PodMount = { hostPath, containerPath, readOnly: c.bool(m, "readOnly", `${here}.readOnly`) };
+    const propagation = c.str(m, "mountPropagation", `${here}.mountPropagation`, false);
+    if (propagation in PROPAGATIONS) out.mountPropagation = propagation as MountPropagationMode;
+    else if (propagation) c.fail(`${here}.mountPropagation`, `must be one of ${Object.keys(PROPAGATIONS).join(", ")}`);
+    return out;
   });
+}
+
+/** Sysctls as a map; numbers are accepted because YAML makes `fs.mqueue.msg_max: 100` a number. */
+function checkSysctls(c: Checker, v: unknown, at: string): Record<string, string> {
+  if (v === undefined || v === null) return {};
+  if (!isObj(v)) {
+    c.fail(at, "must be a map of kernel parameter names to values");
+    return {};
+  }
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(v)) {
+    if (!/^[a-z0-9_]+([./][a-z0-9_-]+)+$/i.test(name)) c.fail(`${at}.${name}`, `"${name}" is not a kernel parameter name`);
+    else if (typeof value === "string" || typeof value === "number") out[name] = String(value);
+    else c.fail(`${at}.${name}`, "must be a string or a number");
+  }
+  return out;
 }
 
 function checkResources(c: Checker, v: unknown, at: string): PodResources {
@@ -248,7 +284,7 @@ function checkContainer(c: Checker, v: unknown, at: string): PodContainer | unde
 export function validatePodSpec(doc: unknown, source = "<input>"): PodSpec {
   const c = new Checker();
   if (!isObj(doc)) throw new PodSpecError(["the document must be a map with name and containers"], source);
-  c.keys(doc, ["name", "namespace", "runtimeHandler", "hostNetwork", "labels", "annotations", "containers"], "");
+  c.keys(doc, ["name", "namespace", "runtimeHandler", "hostNetwork", "hostIPC", "hostPID", "shareProcessNamespace", "sysctls", "labels", "annotations", "containers"], "");
   const name = c.str(doc, "name", "name", true);
   if (name && (!DNS_SUBDOMAIN.test(name) || name.length > 253)) c.fail("name", `"${name}" is not a DNS subdomain name (lower-case letters, digits, '-' and '.')`);
   const namespace = c.str(doc, "namespace", "namespace", false, "default") || "default";
@@ -260,10 +296,15 @@ export function validatePodSpec(doc: unknown, source = "<input>"): PodSpec {
     namespace,
     runtimeHandler,
     hostNetwork: c.bool(doc, "hostNetwork", "hostNetwork"),
+    hostIPC: c.bool(doc, "hostIPC", "hostIPC"),
+    hostPID: c.bool(doc, "hostPID", "hostPID"),
+    shareProcessNamespace: c.bool(doc, "shareProcessNamespace", "shareProcessNamespace"),
+    sysctls: checkSysctls(c, doc["sysctls"], "sysctls"),
     labels: c.strMap(doc, "labels", "labels"),
     annotations: c.strMap(doc, "annotations", "annotations"),
     containers: [],
   };
+  if (spec.hostPID && spec.shareProcessNamespace) c.fail("shareProcessNamespace", "cannot be true together with hostPID");
   const list = doc["containers"];
   if (!Array.isArray(list) || list.length === 0) {
     c.fail("containers", "must be a non-empty list");
@@ -329,8 +370,13 @@ export function toCriConfigs(spec: PodSpec, opts: CriPodOptions): CriPod {
   const uid = opts.uid ?? randomUUID();
   const attempt = opts.attempt ?? 0;
   const podLabels = { ...spec.labels, [POD_NAME]: spec.name, [POD_NAMESPACE]: spec.namespace, [POD_UID]: uid };
-  // Containers share the pod's network and IPC namespaces; each gets its own PID namespace (kubelet's default).
-  const namespaceOptions = { network: spec.hostNetwork ? NamespaceMode.NODE : NamespaceMode.POD, pid: NamespaceMode.CONTAINER, ipc: NamespaceMode.POD };
+  // As kubelet maps them: containers share the pod's network and IPC namespaces (or the node's), and
+  // each gets its own PID namespace unless the pod shares one (or uses the node's).
+  const namespaceOptions = {
+    network: spec.hostNetwork ? NamespaceMode.NODE : NamespaceMode.POD,
+    pid: spec.hostPID ? NamespaceMode.NODE : spec.shareProcessNamespace ? NamespaceMode.POD : NamespaceMode.CONTAINER,
+    ipc: spec.hostIPC ? NamespaceMode.NODE : NamespaceMode.POD,
+  };
   const sandbox = create(PodSandboxConfigSchema, {
     metadata: { name: spec.name, uid, namespace: spec.namespace, attempt },
     // With host networking kubelet leaves the hostname empty so the pod sees the node's.
@@ -340,6 +386,7 @@ export function toCriConfigs(spec: PodSpec, opts: CriPodOptions): CriPod {
     annotations: { ...spec.annotations },
     linux: {
       cgroupParent: opts.cgroupParent ?? "",
+      sysctls: { ...spec.sysctls },
       securityContext: { namespaceOptions },
     },
   });
@@ -355,7 +402,7 @@ export function toCriConfigs(spec: PodSpec, opts: CriPodOptions): CriPod {
         containerPath: m.containerPath,
         hostPath: m.hostPath,
         readonly: m.readOnly,
-        propagation: MountPropagation.PROPAGATION_PRIVATE,
+        propagation: PROPAGATIONS[m.mountPropagation ?? "None"],
       })),
       labels: { ...podLabels, [CONTAINER_NAME]: ctr.name },
       annotations: { ...ctr.annotations },

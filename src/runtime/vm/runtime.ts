@@ -15,6 +15,7 @@ import { agentApi, type AgentApi } from "./agent.js";
 import type { GuestRoot, Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
 import { chooseAccel } from "./kvm.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
+import { refuseHostOnly } from "./refusals.js";
 import { startRelay, type Relay } from "./relay.js";
 import { shareContainer, unshareContainer } from "./sharedfs.js";
 import { buildTemplate, connectAgent, lastLines, qemuSaid } from "./boot.js";
@@ -146,9 +147,7 @@ export class VmRuntime implements Runtime {
     const isSandbox = ann[CONTAINER_TYPE] === "sandbox" || sandboxId === req.id;
     const namespaces = (req.spec.linux?.["namespaces"] ?? []) as Array<{ type: string; path?: string }>;
     const netNs = namespaces.find((n) => n.type === "network");
-    if (isSandbox && !netNs) {
-      throw invalidArgument("host networking cannot be used in vm mode: the pod's network is carried into its VM (use the cocoon-runc handler for hostNetwork pods)");
-    }
+    refuseHostOnly(req.spec, isSandbox);
     let sandbox = this.sandboxes.get(sandboxId);
     if (sandbox && isSandbox) throw alreadyExists(`pod sandbox ${sandboxId} already runs in this shim`);
     let booted = false;
