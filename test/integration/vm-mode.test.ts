@@ -2,7 +2,7 @@
 // VM boots are slow under TCG, so the tests share one long-running pod where they can.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -11,6 +11,7 @@ import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, sleep, waitFor } from "../helpers/util.js";
 import { qemuPids } from "../helpers/cri.js";
+import { cocoonShims } from "../helpers/procfs.js";
 
 const OUT = path.join(repoRoot, "guest", "out");
 const manifestPath = path.join(OUT, "manifest.json");
@@ -109,6 +110,52 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     assert.equal(r.stdout, `from-host\n${guestRelease}\nread-only\n`);
     assert.equal(qemuPids().length, before, "no second QEMU");
     assert.equal(existsSync(path.join(vol, "g")), false);
+  });
+
+  it("the pod's long-lived shim keeps no fd of a deleted container: flat over 20 cycles", async () => {
+    const shim = await waitFor(() => {
+      const daemons = cocoonShims(ctrd.address, "daemon");
+      return daemons.length === 1 ? daemons[0] : undefined;
+    }, { what: "the pod's one shim" });
+    const fds = () => readdirSync(`/proc/${shim}/fd`).length;
+    const cycle = async () => {
+      const r = await ctrd.ctr(["run", "--rm", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, uid("fd"), "true"], { allowFail: true, timeoutMs: 120_000 });
+      assert.equal(r.code, 0, r.stderr);
+    };
+    await cycle();
+    await cycle();
+    const start = fds();
+    for (let i = 0; i < 18; i++) await cycle();
+    assert.ok(fds() <= start, `shim ${shim} had ${start} fds after 2 containers, ${fds()} after 20`);
+  });
+
+  it("a pod of the same id in another namespace gets its own VM; a clash with a live pod is refused", async () => {
+    const own = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", pod, "cocoon-state.json"), "utf8"));
+    await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "other" });
+    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, pod, "sleep", "1000"], { namespace: "other", timeoutMs: 180_000 });
+    const theirs = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "other", pod, "cocoon-state.json"), "utf8"));
+    assert.notEqual(theirs.runDir, own.runDir);
+    assert.notEqual(theirs.qemuPid, own.qemuPid);
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", pod], { namespace: "other" });
+    await waitFor(async () => !/RUNNING/.test((await ctrd.ctr(["task", "ls"], { namespace: "other" })).stdout), { timeoutMs: 30_000, what: "the other pod stopped" });
+    await ctrd.ctr(["task", "rm", pod], { namespace: "other" });
+    await ctrd.ctr(["container", "rm", pod], { namespace: "other" });
+    assert.ok(existsSync(path.join(own.runDir, "console.log")), "the first pod's run dir is untouched");
+    // A second containerd with the same config: same namespace and id, so the same run dir, whose owner lives.
+    const second = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
+    try {
+      await importImage(second, BUSYBOX_IMAGE);
+      const r = await second.ctr(["run", "--rm", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, pod, "true"], { allowFail: true, timeoutMs: 60_000 });
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, new RegExp(`pod ${pod} in namespace default already has a VM`));
+      assert.match(r.stderr, /AlreadyExists|already exists/i);
+    } finally {
+      await second.stop();
+    }
+    assert.deepEqual(second.leftovers, []);
+    const r = await ctrd.ctr(["task", "exec", "--exec-id", uid("alive"), pod, "cat", "/proc/sys/kernel/hostname"], { timeoutMs: 60_000 });
+    assert.equal(r.code, 0);
+    assert.ok(existsSync(path.join(own.runDir, "console.log")) && existsSync(path.join(own.runDir, "owner")));
   });
 
   it("exit codes of a whole-VM container; a missing kernel fails clearly and leaves nothing", async () => {
