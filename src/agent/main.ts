@@ -16,6 +16,7 @@ import { errorText } from "./errors.js";
 import { Logger } from "./log.js";
 import { OomMonitor } from "./oom.js";
 import { VirtioPort } from "./port.js";
+import { PortForwards } from "./portfwd.js";
 import { AGENT_SERVICE, agentService } from "./service.js";
 import { AGENT_VERSION } from "./version.js";
 import os from "node:os";
@@ -82,8 +83,13 @@ function main(): void {
   const server = new TtrpcServer({
     onError: (err, where) => log.error("ttrpc", { where, err: errorText(err) }),
   });
-  server.registerService(AGENT_SERVICE, Agent, agentService({ containers, oom, sys, log, powerOff, sync: syncDisks }));
-  const port = new VirtioPort(PORT, (stream) => server.accept(stream), log);
+  const ports = new PortForwards(log);
+  server.registerService(AGENT_SERVICE, Agent, agentService({ containers, oom, ports, sys, log, powerOff, sync: syncDisks }));
+  const port = new VirtioPort(PORT, (stream) => {
+    server.accept(stream);
+    // Forwarded connections belong to the host session that opened them.
+    stream.once("close", () => ports.closeAll());
+  }, log);
   const open = () => {
     try {
       port.start();

@@ -17,6 +17,7 @@ import type { Logger } from "./log.js";
 import { setupNetwork } from "./network.js";
 import { restored } from "./restore.js";
 import type { OomMonitor } from "./oom.js";
+import type { PortForwards } from "./portfwd.js";
 import type { StdioFlags } from "./stdio.js";
 import { AGENT_VERSION } from "./version.js";
 
@@ -25,6 +26,7 @@ export const AGENT_SERVICE = "cocoon.agent.v1.Agent";
 export interface ServiceDeps {
   containers: Containers;
   oom: OomMonitor;
+  ports: PortForwards;
   sys: Sys;
   log: Logger;
   /** Flushes file systems and powers the VM off; called once the Shutdown reply is on its way. */
@@ -143,6 +145,26 @@ export function agentService(d: ServiceDeps): ServiceImpl<typeof Agent> {
     stats: (req) => ({ typeUrl: METRICS_TYPE_URL, value: toBinary(MetricsSchema, c.stats(req.containerId)) }),
 
     nextOomEvent: async (_req, ctx) => ({ containerId: await d.oom.next(ctx.signal) }),
+
+    openPort: async (req) => {
+      const { id, address } = await d.ports.open(req.port);
+      return { connectionId: id, address };
+    },
+
+    writePort: async (req) => {
+      await d.ports.write(req.connectionId, req.data);
+      return {};
+    },
+
+    readPort: async (req, ctx) => {
+      const chunk = await d.ports.read(req.connectionId, ctx.signal);
+      return { data: chunk.data, eof: chunk.eof };
+    },
+
+    closePort: (req) => {
+      d.ports.close(req.connectionId, req.writeOnly);
+      return {};
+    },
 
     shutdown: async (_req, ctx) => {
       if (!shuttingDown) {

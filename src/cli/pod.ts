@@ -2,12 +2,14 @@
 // so that a node can be checked without kubelet: run a pod from a spec file, list, exec, read logs and stats,
 // stop and remove. It sends what kubelet would send; the pods it makes are ordinary CRI pods.
 import { openSync, readFileSync, readSync, closeSync, fstatSync } from "node:fs";
+import net from "node:net";
 import { isAbsolute, resolve } from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import * as grpc from "@grpc/grpc-js";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { CriClient, CriError } from "./cri/client.js";
 import { CriLogParser, type LogLine, type LogStream } from "./cri/logs.js";
+import { openPortForward } from "./cri/portforward.js";
 import { parsePodSpec, toCriConfigs } from "./cri/pod-spec.js";
 import { HANDLERS } from "./lab/lab.js";
 import { delay, startPod } from "./lab/pod.js";
@@ -541,6 +543,63 @@ const ignoreNotFound = (err: unknown) => {
 };
 
 /** The pods named, or with --all every pod on a Cocoon handler (--force-all: every pod at all). */
+/** `[LOCAL:]REMOTE` port pairs; LOCAL 0 picks a free port. */
+export function parsePortPairs(specs: string[]): Array<{ local: number; remote: number }> {
+  if (specs.length === 0) throw new PodCliError("no port given: cocoon pod port-forward <pod> [LOCAL:]REMOTE…");
+  return specs.map((spec) => {
+    const m = /^(?:(\d+):)?(\d+)$/.exec(spec);
+    const remote = Number(m?.[2]);
+    const local = m?.[1] === undefined ? remote : Number(m[1]);
+    if (!m || remote < 1 || remote > 65535 || local > 65535) throw new PodCliError(`"${spec}" is not [LOCAL:]REMOTE with TCP ports`);
+    return { local, remote };
+  });
+}
+
+/**
+ * Listens on 127.0.0.1 and relays each connection through CRI PortForward (one WebSocket to the CRI
+ * streaming server per connection) until interrupted, as `kubectl port-forward` does through kubelet.
+ */
+export async function podPortForward(cri: CriClient, ref: string, specs: string[], o: CommonOptions, io: PodIO = processIO): Promise<number> {
+  const pairs = parsePortPairs(specs);
+  const callMs = callMsOf(o);
+  const pod = await resolvePod(cri, ref, callMs);
+  const servers: net.Server[] = [];
+  const stop = interruptible();
+  try {
+    for (const { local, remote } of pairs) {
+      const server = net.createServer({ pauseOnConnect: true }, (sock) => {
+        sock.on("error", () => {});
+        void (async () => {
+          try {
+            const { url } = await cri.portForward({ podSandboxId: pod.id, port: [remote] }, { timeoutMs: callMs });
+            const stream = await openPortForward(url, callMs);
+            stream.on("error", () => sock.destroy());
+            sock.pipe(stream).pipe(sock);
+            sock.resume();
+            sock.once("close", () => stream.destroy());
+            const failure = await stream.failure;
+            if (failure) io.err(`port ${remote}: ${failure}\n`);
+          } catch (err) {
+            io.err(`port ${remote}: ${describeError(err)}\n`);
+            sock.destroy();
+          }
+        })();
+      });
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", (err) => reject(new PodCliError(`cannot listen on 127.0.0.1:${local}: ${err.message}`)));
+        server.listen(local, "127.0.0.1", resolve);
+      });
+      servers.push(server);
+      io.out(`Forwarding from 127.0.0.1:${(server.address() as net.AddressInfo).port} -> ${remote}\n`);
+    }
+    await new Promise((resolve) => stop.signal.addEventListener("abort", resolve, { once: true }));
+    return 0;
+  } finally {
+    stop.done();
+    for (const s of servers) s.close();
+  }
+}
+
 async function selectPods(cri: CriClient, refs: string[], o: TakeDownOptions, verb: string, callMs: number): Promise<{ pods: PodSandbox[]; skipped: PodSandbox[] }> {
   const all = !!(o.all || o.forceAll);
   if (all && refs.length) throw new PodCliError(`give pods or --all, not both`);
@@ -724,6 +783,13 @@ export function podCommand(): Command {
       .option("--no-sample", "one sample only: no cores figure, no one-second wait")
       .option("--json", "print JSON (bytes and ns)")
       .action(withCri((cri, ref: string | undefined, _o: unknown, cmd: Command) => podStats(cri, ref, cmd.opts<StatsOptions>()))),
+  );
+
+  pod.addCommand(
+    criCommand("port-forward", "forward local ports on 127.0.0.1 to a pod's ports (CRI PortForward, as kubectl port-forward) until Ctrl-C")
+      .argument("<pod>", "pod id (prefix), name or namespace/name")
+      .argument("<ports...>", "[LOCAL:]REMOTE, e.g. 8080:80 (LOCAL 0: any free port)")
+      .action(withCri((cri, ref: string, ports: string[], _o: unknown, cmd: Command) => podPortForward(cri, ref, ports, cmd.opts<CommonOptions>()))),
   );
 
   const takeDownCommand = (name: "stop" | "rm", remove: boolean, what: string) =>

@@ -199,6 +199,20 @@ export class FakeSys implements Sys {
     this.realtimeNs = unixNs;
   }
 
+  /** There are no namespaces to enter here: it always fails (ENOSYS). */
+  listenLoopbackInNetns(netnsPath: string, backlog: number): { fd: number; port: number } {
+    this.enter("listenLoopbackInNetns", [netnsPath, backlog]);
+    throw codeError("listenLoopbackInNetns", "ENOSYS", netnsPath, "FakeSys has no network namespaces");
+  }
+
+  /** What originalDestination answers, by fd (undefined: no conntrack entry). */
+  readonly originalDestinations = new Map<number, { address: string; port: number }>();
+
+  originalDestination(fd: number): { address: string; port: number } | undefined {
+    this.enter("originalDestination", [fd]);
+    return this.originalDestinations.get(fd);
+  }
+
   // ---- internals --------------------------------------------------------------------------------
 
   private enter(method: keyof Sys, args: unknown[]): void {

@@ -25,6 +25,11 @@ export interface Libc {
   eventfd(initval: number, flags: number): number;
   pipe2(fds: Int32Array, flags: number): number;
   clockSettime(clk: number, tp: { tv_sec: bigint; tv_nsec: bigint }): number;
+  setns(fd: number, nstype: number): number;
+  /** `addr` and `len` are caller buffers (len: one native uint32). */
+  getsockname(fd: number, addr: Buffer, len: Buffer): number;
+  getsockopt(fd: number, level: number, name: number, val: Buffer, len: Buffer): number;
+  close(fd: number): number;
   /** errno left by the last call made on this thread. */
   errno(): number;
 }
@@ -77,6 +82,10 @@ export function libc(): Libc {
     eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
     pipe2: lib.func("int pipe2(_Out_ int *fds, int flags)"),
     clockSettime: lib.func("int clock_settime(int clk, const cocoon_timespec *tp)"),
+    setns: lib.func("int setns(int fd, int nstype)"),
+    getsockname: lib.func("int getsockname(int fd, void *addr, void *len)"),
+    getsockopt: lib.func("int getsockopt(int fd, int level, int name, void *val, void *len)"),
+    close: lib.func("int close(int fd)"),
     errno: () => koffi.errno(),
   };
   return loaded;

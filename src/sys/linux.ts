@@ -1,5 +1,6 @@
 // The real Sys: each call is a thin wrapper over libc through koffi (loaded on first use).
 import { listenAt, receiveFd } from "./fd-receiver.js";
+import { listenLoopbackInNetns, originalDestination } from "./netns-socket.js";
 import { check, libc } from "./libc.js";
 import { mount, umount } from "./mount.js";
 import { watchOomV1 } from "./oom-v1.js";
@@ -67,5 +68,13 @@ export class LinuxSys implements Sys {
   setRealtimeClock(unixNs: bigint): void {
     const tp = { tv_sec: unixNs / 1_000_000_000n, tv_nsec: unixNs % 1_000_000_000n };
     check(libc().clockSettime(CLOCK_REALTIME, tp), "clock_settime(CLOCK_REALTIME)");
+  }
+
+  listenLoopbackInNetns(netnsPath: string, backlog: number): { fd: number; port: number } {
+    return listenLoopbackInNetns(netnsPath, backlog);
+  }
+
+  originalDestination(fd: number): { address: string; port: number } | undefined {
+    return originalDestination(fd);
   }
 }

@@ -68,6 +68,13 @@ export interface Sys {
   pipe(): [number, number];
   /** clock_settime(CLOCK_REALTIME): the guest agent sets a restored VM's wall clock from the host's. */
   setRealtimeClock(unixNs: bigint): void;
+  /** A listening TCP socket on 127.0.0.1 (an ephemeral port) inside the network namespace `netnsPath`,
+   *  as a raw fd (O_CLOEXEC, blocking) the caller owns, e.g. for net.Server.listen({ fd }). Only the
+   *  calling thread enters the namespace, and only for the few calls that make the socket. */
+  listenLoopbackInNetns(netnsPath: string, backlog: number): { fd: number; port: number };
+  /** getsockopt(SO_ORIGINAL_DST) on an accepted IPv4 TCP socket: where its peer meant to connect
+   *  before a netfilter REDIRECT/DNAT sent it to us; undefined if conntrack has no entry for it. */
+  originalDestination(fd: number): { address: string; port: number } | undefined;
 }
 
 // mount(2) flags (linux/mount.h).

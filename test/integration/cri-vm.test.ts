@@ -6,6 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { CriClient } from "../../src/cli/cri/client.js";
+import { forwardOnce } from "../../src/cli/cri/portforward.js";
 import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
 import { readContainerLog, removeAllPods, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
 import type { Containerd } from "../helpers/containerd.js";
@@ -93,6 +94,19 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
       await cri.updateContainerResources({ containerId: httpd!.id, linux: { memoryLimitInBytes: BigInt(80 << 20), cpuQuota: 50_000n, cpuPeriod: 100_000n } });
       const limits = await exec(httpd!.id, ["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"]);
       assert.equal(limits.stdout, `${80 << 20}\n50000 100000\n`);
+
+      // kubectl port-forward through containerd's streaming server: to the server on 0.0.0.0 and to
+      // one bound only to the guest's 127.0.0.1; a port nobody listens on gives the client an error.
+      assert.equal((await exec(httpd!.id, ["httpd", "-p", "127.0.0.1:8081", "-h", "/var/www"])).exitCode, 0);
+      for (const port of [8080, 8081]) {
+        const fwd = await forwardOnce(cri, web.id, port, Buffer.from("GET / HTTP/1.0\r\n\r\n"));
+        const reply = fwd.data.toString("utf8");
+        assert.match(reply, /^HTTP\/1\.[01] 200/, `port ${port}: ${reply || fwd.error}`);
+        assert.ok(reply.endsWith(INDEX_HTML), `port ${port}: ${reply}`);
+      }
+      const refused = await forwardOnce(cri, web.id, 8099, Buffer.from("GET / HTTP/1.0\r\n\r\n"));
+      assert.equal(refused.data.length, 0);
+      assert.match(refused.error, /8099/);
 
       // A second pod (a second VM) fetches the page from the first at its pod IP, through both taps.
       const client = await runPod("client", [{ name: "shell", script: "exec sleep 600" }]);

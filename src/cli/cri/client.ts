@@ -183,6 +183,10 @@ export class CriClient {
   listContainerStats(req: Req<RS["listContainerStats"]["input"]> = {}, opts?: CriCallOptions) {
     return this.rt("listContainerStats", req, opts);
   }
+  /** A one-use URL on the streaming server (see ./portforward.ts for speaking to it). */
+  portForward(req: Req<RS["portForward"]["input"]>, opts?: CriCallOptions) {
+    return this.rt("portForward", req, opts);
+  }
 
   // ImageService
   listImages(req: Req<IS["listImages"]["input"]> = {}, opts?: CriCallOptions) {

@@ -25,7 +25,7 @@ export interface PodNetwork {
 
 export const TAP_NAME = "tap0_cocoon";
 
-async function inNetns(netns: string, cmd: string, args: string[]): Promise<string> {
+export async function inNetns(netns: string, cmd: string, args: string[]): Promise<string> {
   const r = await runChild("nsenter", [`--net=${netns}`, "--", cmd, ...args], { timeoutMs: 10_000 });
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} in ${netns}: ${r.stderr.trim() || `exit ${r.code}`}`);
   return r.stdout;

@@ -16,6 +16,7 @@ import type { GuestRoot, Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
 import { chooseAccel } from "./kvm.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
 import { refuseHostOnly } from "./refusals.js";
+import { startPortForwarder, type PortForwarder } from "./portforward.js";
 import { startRelay, type Relay } from "./relay.js";
 import { shareContainer, unshareContainer } from "./sharedfs.js";
 import { buildTemplate, connectAgent, lastLines, qemuSaid } from "./boot.js";
@@ -44,6 +45,7 @@ interface Sandbox {
   client: TtrpcClient;
   agent: AgentApi;
   net: PodNetwork | undefined;
+  forwarder: PortForwarder | undefined;
   containers: Set<string>;
   dead: boolean;
 }
@@ -220,6 +222,7 @@ export class VmRuntime implements Runtime {
     let net: PodNetwork | undefined;
     let vm: VmHandle | undefined;
     let client: TtrpcClient | undefined;
+    let forwarder: Promise<PortForwarder | undefined> | undefined;
     try {
       if (netnsPath) {
         net = await inspectPodNetwork(netnsPath);
@@ -251,6 +254,13 @@ export class VmRuntime implements Runtime {
         start: started.how, templateBuildMs: started.buildMs,
         guestUptimeMs: Number(health.uptimeMs), accel, kernel: health.kernelRelease, qemuPid: vm.pid,
       });
+      // Alongside the guest's network set-up; a pod without it still runs, only port-forward fails.
+      if (netnsPath) {
+        forwarder = startPortForwarder(netnsPath, agent, this.sys, log).catch((err) => {
+          log.warn("port-forward into this pod's VM is unavailable", { err: (err as Error).message });
+          return undefined;
+        });
+      }
       if (net || hostname) {
         await agent.setupNetwork({
           hostname,
@@ -258,7 +268,7 @@ export class VmRuntime implements Runtime {
           routes: (net?.routes ?? []).map((r) => ({ destination: r.destination, gateway: r.gateway, device: "eth0" })),
         });
       }
-      const sb: Sandbox = { id, runDir, sharedDir, vm, client, agent, net, containers: new Set(), dead: false };
+      const sb: Sandbox = { id, runDir, sharedDir, vm, client, agent, net, forwarder: await forwarder, containers: new Set(), dead: false };
       this.sandboxes.set(id, sb);
       const onDeath = () => void this.sandboxDied(sb);
       client.onClose(onDeath);
@@ -268,6 +278,7 @@ export class VmRuntime implements Runtime {
     } catch (err) {
       const console = vm ? tail(vm.consoleLog) : "";
       const stderr = tail(path.join(runDir, "qemu.stderr"), 5);
+      await (await forwarder)?.close();
       client?.close();
       vm?.kill();
       if (vm) await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 3000))]);
@@ -388,6 +399,7 @@ export class VmRuntime implements Runtime {
         unshareContainer(this.sys, sb.sharedDir, cid);
       } catch {}
     }
+    await sb.forwarder?.close();
     if (sb.net) await teardownTap(sb.net.netns, sb.net.iface.name).catch(() => undefined);
     try {
       unshareContainer(this.sys, path.dirname(sb.sharedDir), "shared");
