@@ -97,13 +97,20 @@ function readStdin(): Buffer {
   return Buffer.concat(chunks);
 }
 
-/** A raw listening fd (not a net.Server, whose close would unlink the path), or "in-use". */
+/**
+ * A raw listening fd (not a net.Server, whose close would unlink the path), or "in-use". The socket
+ * is born 0600 (umask around bind): whoever can connect to it can have root run containers, so only
+ * root may, whatever umask containerd runs with.
+ */
 function listen(sys: Sys, p: string): number | "in-use" {
+  const umask = process.umask(0o177);
   try {
     return sys.listenUnix(p, 128);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "EADDRINUSE") return "in-use";
     throw err;
+  } finally {
+    process.umask(umask);
   }
 }
 

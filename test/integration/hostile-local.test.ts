@@ -122,6 +122,23 @@ describe("a hostile local user", { timeout: 300_000 }, () => {
     assert.ok(!existsSync(`${runDir}/start/planted`));
   });
 
+  it("cannot connect to a pod's shim socket (only root may talk TTRPC to it)", async () => {
+    const pod = uid("sockpod");
+    await ctrd.ctr(["run", "-d", ...RT, "--annotation", `${POD}=${pod}`, BUSYBOX_IMAGE, pod, "sleep", "1000"]);
+    try {
+      const bundle = path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", pod);
+      const sock = readFileSync(path.join(bundle, "address"), "utf8").replace(/^unix:\/\//, "");
+      assert.equal(statSync(sock).mode & 0o777, 0o600);
+      const c = await user.shWait(`${process.execPath} -e 'require("net").connect(process.argv[1]).on("connect", () => { console.log("connected"); process.exit(0) }).on("error", (e) => { console.log(e.code); process.exit(1) })' ${sock}`);
+      assert.equal(c.out.trim(), "EACCES");
+    } finally {
+      await ctrd.ctr(["task", "kill", "-s", "SIGKILL", pod]);
+      await waitFor(async () => !/RUNNING/.test((await ctrd.ctr(["task", "ls"])).stdout), { what: `${pod} stopped` });
+      await ctrd.ctr(["task", "rm", "-f", pod], { allowFail: true });
+      await ctrd.ctr(["container", "rm", pod]);
+    }
+  });
+
   it("a run dir another user owns is refused with a clear error, and nothing of its content is trusted", async () => {
     const theirs = path.join(dir, "their-run");
     mkdirSync(path.join(theirs, "start"), { recursive: true });
