@@ -41,9 +41,13 @@ function readText(file: string): string | undefined {
   }
 }
 
+/** containerd's cgroups library reports an unlimited ("max") cgroup v2 value as MaxUint64. */
+const UNLIMITED = (1n << 64n) - 1n;
+
 function readU64(file: string): bigint {
   const t = readText(file)?.trim();
-  if (!t || t === "max") return 0n;
+  if (!t) return 0n;
+  if (t === "max") return UNLIMITED;
   try {
     return BigInt(t.split(/\s+/)[0]!);
   } catch {
