@@ -25,6 +25,10 @@ export interface Libc {
   eventfd(initval: number, flags: number): number;
   pipe2(fds: Int32Array, flags: number): number;
   clockSettime(clk: number, tp: { tv_sec: bigint; tv_nsec: bigint }): number;
+  /** openat2(2) through syscall(2): glibc 2.36 (Debian 12) has no wrapper. `how` is a struct open_how. */
+  openat2(dirFd: number, path: string, how: Buffer): number | bigint;
+  mkdirat(dirFd: number, path: string, mode: number): number;
+  unlinkat(dirFd: number, path: string, flags: number): number;
   /** errno left by the last call made on this thread. */
   errno(): number;
 }
@@ -59,6 +63,7 @@ export function libc(): Libc {
 
   const ioctl = lib.func("int ioctl(int fd, unsigned long request, ...)");
   const recvmsg = lib.func("intptr_t recvmsg(int fd, _Inout_ cocoon_msghdr *msg, int flags)");
+  const syscall = lib.func("long syscall(long number, ...)");
   loaded = {
     koffi,
     prctl: lib.func("int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)"),
@@ -77,6 +82,10 @@ export function libc(): Libc {
     eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
     pipe2: lib.func("int pipe2(_Out_ int *fds, int flags)"),
     clockSettime: lib.func("int clock_settime(int clk, const cocoon_timespec *tp)"),
+    // 437 on every architecture: syscalls added since Linux 5.1 share one number table.
+    openat2: (dirFd, path, how) => syscall(437, "int", dirFd, "const char *", path, "void *", how, "size_t", how.length),
+    mkdirat: lib.func("int mkdirat(int dirfd, const char *path, uint32_t mode)"),
+    unlinkat: lib.func("int unlinkat(int dirfd, const char *path, int flags)"),
     errno: () => koffi.errno(),
   };
   return loaded;

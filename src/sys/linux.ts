@@ -1,14 +1,14 @@
 // The real Sys: each call is a thin wrapper over libc through koffi (loaded on first use).
 import { listenAt, receiveFd } from "./fd-receiver.js";
 import { check, libc } from "./libc.js";
-import { mount, umount } from "./mount.js";
+import { mount, mountPoints, umount } from "./mount.js";
+import { mkdirat, openat2, unlinkat } from "./openat2.js";
 import { watchOomV1 } from "./oom-v1.js";
 import { waitExit } from "./reap.js";
-import type { ExitStatus, FdReceiver, Sys } from "./types.js";
+import { O_CLOEXEC, type ExitStatus, type FdReceiver, type Sys } from "./types.js";
 import { openPtyPeer, setWinsize } from "./winsize.js";
 
 const PR_SET_CHILD_SUBREAPER = 36;
-const O_CLOEXEC = 0x80000;
 const CLOCK_REALTIME = 0;
 
 export class LinuxSys implements Sys {
@@ -67,5 +67,21 @@ export class LinuxSys implements Sys {
   setRealtimeClock(unixNs: bigint): void {
     const tp = { tv_sec: unixNs / 1_000_000_000n, tv_nsec: unixNs % 1_000_000_000n };
     check(libc().clockSettime(CLOCK_REALTIME, tp), "clock_settime(CLOCK_REALTIME)");
+  }
+
+  mountPoints(): string[] {
+    return mountPoints();
+  }
+
+  openat2(dirFd: number, path: string, flags: number, mode: number, resolve: number): number {
+    return openat2(dirFd, path, flags, mode, resolve);
+  }
+
+  mkdirat(dirFd: number, path: string, mode: number): void {
+    mkdirat(dirFd, path, mode);
+  }
+
+  unlinkat(dirFd: number, path: string, flags: number): void {
+    unlinkat(dirFd, path, flags);
   }
 }

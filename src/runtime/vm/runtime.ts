@@ -16,7 +16,7 @@ import type { GuestRoot, Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
 import { chooseAccel } from "./kvm.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";
 import { startRelay, type Relay } from "./relay.js";
-import { shareContainer, unshareContainer } from "./sharedfs.js";
+import { shareContainer, unshareAll, unshareContainer } from "./sharedfs.js";
 import { buildTemplate, connectAgent, lastLines, qemuSaid } from "./boot.js";
 import { TEMPLATE_MAC } from "./qemu.js";
 import { TemplateStore, templateKey, type TemplateShape } from "./template.js";
@@ -277,7 +277,10 @@ export class VmRuntime implements Runtime {
       vm?.kill();
       if (vm) await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 3000))]);
       if (net) await teardownTap(net.netns, net.iface.name).catch(() => undefined);
-      rmSync(runDir, { recursive: true, force: true });
+      try {
+        // The guest may still be running: nothing it planted in the share is followed.
+        unshareAll(this.sys, sharedDir, runDir);
+      } catch {}
       if (err instanceof ShimError && !vm) throw err;
       throw internal(`VM for pod ${id} did not come up: ${(err as Error).message}\n--- qemu stderr ---\n${stderr}\n--- end of guest console ---\n${console}`, err);
     }
@@ -395,9 +398,10 @@ export class VmRuntime implements Runtime {
     }
     if (sb.net) await teardownTap(sb.net.netns, sb.net.iface.name).catch(() => undefined);
     try {
-      unshareContainer(this.sys, path.dirname(sb.sharedDir), "shared");
-    } catch {}
-    rmSync(sb.runDir, { recursive: true, force: true });
+      unshareAll(this.sys, sb.sharedDir, sb.runDir);
+    } catch (err) {
+      this.ctx.log.warn("pod's shared dir not fully cleaned up", { sandbox: sb.id, err: (err as Error).message });
+    }
     this.sandboxes.delete(sb.id);
   }
 
