@@ -40,7 +40,10 @@ describe("a hostile guest cannot steer the host's mounts through the shared dire
     assert.equal(r.code, 0, `guest script failed: ${script}\n${r.stdout}${r.stderr}`);
     return r.stdout;
   };
-  const mountsOutsidePod = () => mountsUnder("/").filter((p) => !isUnder(p, runDir));
+  // Other test files on this host mount in their own temp dirs meanwhile: those are not this pod's doing.
+  const othersTmp = new RegExp(`^${os.tmpdir()}/cocoon-[^/]+`);
+  const foreign = (p: string) => othersTmp.test(p) && !isUnder(p, dir) && !isUnder(p, ctrd.dir);
+  const mountsOutsidePod = () => mountsUnder("/").filter((p) => !isUnder(p, runDir) && !foreign(p));
   const newMountsOutsidePod = (before: string[]) => {
     const known = new Set(before);
     return mountsOutsidePod().filter((p) => !known.has(p));
