@@ -79,6 +79,18 @@ describe("the pod's shared dir", () => {
     assert.equal(existsSync(path.join(shared, "c1")), false);
   });
 
+  it("binds a bundle's own rootfs dir when containerd gives no rootfs mounts, unless it is in the share", () => {
+    const bundleRootfs = path.join(tmp, "bundle", "rootfs");
+    mkdirSync(bundleRootfs, { recursive: true });
+    const sys = new FakeSys();
+    const guest = shareContainer(sys, shared, "c1", [], bundleRootfs, {}) as any;
+    assert.equal(guest.root.path, `${GUEST_SHARED_DIR}/c1/rootfs`);
+    assert.deepEqual(sys.mounts.map((m) => [m.source, m.target, !!(m.flags & MS_BIND)]), [[bundleRootfs, path.join(shared, "c1", "rootfs"), true]]);
+    mkdirSync(path.join(shared, "planted"));
+    assert.throws(() => shareContainer(sys, shared, "c2", [], path.join(shared, "planted"), {}),
+      (e: ShimError) => e.kind === "InvalidArgument" && /inside the pod's shared dir/.test(e.message));
+  });
+
   it("replaces a container dir the guest planted as a link (to a host dir, or to /) with its own", () => {
     symlinkSync("/", path.join(shared, "escape"));
     symlinkSync(outside, path.join(shared, "c1"));
