@@ -1,6 +1,7 @@
 // Mounts the rootfs containerd describes (a list of Mounts, usually one overlay or bind) into the
 // bundle, translating fstab-style options into mount(2) flags and data the way containerd does.
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
+import { mountPoints } from "../sys/mount.js";
 import type { Sys } from "../sys/types.js";
 import { invalidArgument, ShimError } from "./errors.js";
 import type { Mount } from "./runtime.js";
@@ -61,7 +62,16 @@ export function parseMountOptions(options: readonly string[]): ParsedOptions {
 
 const PAGE_SIZE = 4096;
 
-export function mountOne(sys: Sys, m: Mount, target: string) {
+/** One mount(2) call; a Mount may take several on the same target. */
+export interface MountCall {
+  source: string;
+  fstype: string;
+  flags: number;
+  data: string;
+}
+
+/** The mount(2) calls that mount `m`, in order (each on the same target). */
+export function mountCalls(m: Mount, target: string): MountCall[] {
   const { flags, propagation, data } = parseMountOptions(m.options);
   if (data.length >= PAGE_SIZE) {
     throw invalidArgument(`mount options for ${m.type} at ${target} are ${data.length} bytes, over the kernel's ${PAGE_SIZE - 1}-byte limit`);
@@ -69,13 +79,24 @@ export function mountOne(sys: Sys, m: Mount, target: string) {
   const type = m.type === "bind" || m.type === "rbind" ? "" : m.type;
   const bind = (flags & MS.BIND) !== 0 || m.type === "bind" || m.type === "rbind";
   const baseFlags = bind ? flags | MS.BIND | (m.type === "rbind" ? MS.REC : 0) : flags;
+  // A read-only bind needs a second, remounting call: MS_RDONLY is ignored on the first.
+  const calls: MountCall[] = [{ source: m.source, fstype: type, flags: baseFlags & ~(bind ? MS.RDONLY : 0), data }];
+  if (bind && (flags & MS.RDONLY) !== 0) calls.push({ source: "", fstype: "", flags: baseFlags | MS.REMOUNT | MS.RDONLY, data: "" });
+  if (propagation) calls.push({ source: "", fstype: "", flags: propagation, data: "" });
+  return calls;
+}
+
+/** A mount that failed, as the error callers get (`target` as they know it). */
+export function mountFailed(m: Mount, target: string, err: unknown): ShimError {
+  return new ShimError("Internal", `mount ${m.type} ${m.source} on ${target} (options ${m.options.join(",")}): ${(err as Error).message}`, { cause: err });
+}
+
+export function mountOne(sys: Sys, m: Mount, target: string) {
+  const calls = mountCalls(m, target);
   try {
-    // A read-only bind needs a second, remounting call: MS_RDONLY is ignored on the first.
-    sys.mount(m.source, target, type, baseFlags & ~(bind ? MS.RDONLY : 0), data);
-    if (bind && (flags & MS.RDONLY) !== 0) sys.mount("", target, "", baseFlags | MS.REMOUNT | MS.RDONLY, "");
-    if (propagation) sys.mount("", target, "", propagation, "");
+    for (const c of calls) sys.mount(c.source, target, c.fstype, c.flags, c.data);
   } catch (err) {
-    throw new ShimError("Internal", `mount ${m.type} ${m.source} on ${target} (options ${m.options.join(",")}): ${(err as Error).message}`, { cause: err });
+    throw mountFailed(m, target, err);
   }
 }
 
@@ -106,25 +127,8 @@ export function unmountAll(sys: Sys, target: string) {
   }
 }
 
-function unescapeMountinfo(s: string) {
-  return s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
-}
-
-export function mountPointsUnder(target: string): string[] {
-  let text = "";
-  try {
-    text = readFileSync("/proc/self/mountinfo", "utf8");
-  } catch {
-    return [];
-  }
+/** Mount points at or below target, deepest first (a path stacked n times is listed n times). */
+export function mountPointsUnder(target: string, points: readonly string[] = mountPoints()): string[] {
   const prefix = target.endsWith("/") ? target : target + "/";
-  const out: string[] = [];
-  for (const line of text.split("\n")) {
-    const mp = line.split(" ")[4];
-    if (!mp) continue;
-    const p = unescapeMountinfo(mp);
-    if (p === target || p.startsWith(prefix)) out.push(p);
-  }
-  // Deepest first; the same path may be stacked several times.
-  return out.sort((a, b) => b.length - a.length);
+  return points.filter((p) => p === target || p.startsWith(prefix)).sort((a, b) => b.length - a.length);
 }

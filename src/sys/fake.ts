@@ -1,6 +1,8 @@
 // An in-memory Sys for unit tests of the layers above: it records every call and lets the test script
-// process exits, OOM events, received fds and failures. It never touches the kernel, except in pipe():
-// callers hand those fds to real processes and streams, so by default they are real pipes.
+// process exits, OOM events, received fds and failures. It never touches the kernel, except in pipe()
+// and the *at calls: callers hand those fds to real processes, streams and node:fs, so by default they
+// are real pipes, and openat2/mkdirat/unlinkat work on the real filesystem (a test's temp dir).
+import { readlinkSync } from "node:fs";
 import { codeError } from "./errors.js";
 import { LinuxSys } from "./linux.js";
 import { MS_BIND, MS_REMOUNT, type ExitStatus, type FdReceiver, type Sys } from "./types.js";
@@ -34,6 +36,7 @@ export class FakeSys implements Sys {
   readonly receivers = new Map<string, FakeFdReceiver>();
   /** What pipe() returns; replace it to hand out scripted fds instead of real pipes. */
   pipeImpl: () => [number, number] = () => new LinuxSys().pipe();
+  private readonly real = new LinuxSys();
 
   private readonly children = new Map<number, ChildState>();
   private readonly oomWatchers = new Map<string, Set<() => void>>();
@@ -91,6 +94,14 @@ export class FakeSys implements Sys {
     return this.children.has(pid);
   }
 
+  /** Tells the fake that `from` was renamed to `to`: the kernel's mount table names mount points by
+   *  where they are now, so mounts at or below `from` move along. */
+  renamed(from: string, to: string): void {
+    for (const m of this.mounts) {
+      if (m.target === from || m.target.startsWith(from + "/")) m.target = to + m.target.slice(from.length);
+    }
+  }
+
   isMounted(target: string): boolean {
     return this.mounts.some((m) => m.target === target);
   }
@@ -120,6 +131,8 @@ export class FakeSys implements Sys {
 
   mount(source: string, target: string, fstype: string, flags: number, data: string): void {
     this.enter("mount", [source, target, fstype, flags, data]);
+    source = resolveFdLink(source);
+    target = resolveFdLink(target);
     if (flags & MS_REMOUNT) {
       const current = this.topMount(target);
       if (!current) throw codeError("mount", "EINVAL", target);
@@ -137,6 +150,7 @@ export class FakeSys implements Sys {
 
   umount(target: string, flags: number): void {
     this.enter("umount", [target, flags]);
+    target = resolveFdLink(target);
     const current = this.topMount(target);
     if (!current) throw codeError("umount2", "EINVAL", target);
     this.mounts.splice(this.mounts.lastIndexOf(current), 1);
@@ -213,6 +227,26 @@ export class FakeSys implements Sys {
     return this.originalDestinations.get(fd);
   }
 
+  mountPoints(): string[] {
+    this.enter("mountPoints", []);
+    return this.mounts.map((m) => m.target);
+  }
+
+  openat2(dirFd: number, path: string, flags: number, mode: number, resolve: number): number {
+    this.enter("openat2", [dirFd, path, flags, mode, resolve]);
+    return this.real.openat2(dirFd, path, flags, mode, resolve);
+  }
+
+  mkdirat(dirFd: number, path: string, mode: number): void {
+    this.enter("mkdirat", [dirFd, path, mode]);
+    this.real.mkdirat(dirFd, path, mode);
+  }
+
+  unlinkat(dirFd: number, path: string, flags: number): void {
+    this.enter("unlinkat", [dirFd, path, flags]);
+    this.real.unlinkat(dirFd, path, flags);
+  }
+
   // ---- internals --------------------------------------------------------------------------------
 
   private enter(method: keyof Sys, args: unknown[]): void {
@@ -234,6 +268,14 @@ export class FakeSys implements Sys {
     for (let i = this.mounts.length - 1; i >= 0; i--) if (this.mounts[i]!.target === target) return this.mounts[i];
     return undefined;
   }
+}
+
+/** Like the kernel, a path through /proc/self/fd/N means the file that fd is open on: mounts are
+ *  recorded at that file's path, so tests see where a mount made through an fd really went. */
+function resolveFdLink(p: string): string {
+  const m = /^\/proc\/self\/fd\/(\d+)(\/.*)?$/.exec(p);
+  if (!m) return p;
+  return readlinkSync(`/proc/self/fd/${m[1]}`) + (m[2] ?? "");
 }
 
 /** The fake's receiver: settled by the test through deliver()/fail(), by close(), or by its timeout. */

@@ -30,6 +30,10 @@ export interface Libc {
   getsockname(fd: number, addr: Buffer, len: Buffer): number;
   getsockopt(fd: number, level: number, name: number, val: Buffer, len: Buffer): number;
   close(fd: number): number;
+  /** openat2(2) through syscall(2): glibc 2.36 (Debian 12) has no wrapper. `how` is a struct open_how. */
+  openat2(dirFd: number, path: string, how: Buffer): number | bigint;
+  mkdirat(dirFd: number, path: string, mode: number): number;
+  unlinkat(dirFd: number, path: string, flags: number): number;
   /** errno left by the last call made on this thread. */
   errno(): number;
 }
@@ -64,6 +68,7 @@ export function libc(): Libc {
 
   const ioctl = lib.func("int ioctl(int fd, unsigned long request, ...)");
   const recvmsg = lib.func("intptr_t recvmsg(int fd, _Inout_ cocoon_msghdr *msg, int flags)");
+  const syscall = lib.func("long syscall(long number, ...)");
   loaded = {
     koffi,
     prctl: lib.func("int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)"),
@@ -86,6 +91,10 @@ export function libc(): Libc {
     getsockname: lib.func("int getsockname(int fd, void *addr, void *len)"),
     getsockopt: lib.func("int getsockopt(int fd, int level, int name, void *val, void *len)"),
     close: lib.func("int close(int fd)"),
+    // 437 on every architecture: syscalls added since Linux 5.1 share one number table.
+    openat2: (dirFd, path, how) => syscall(437, "int", dirFd, "const char *", path, "void *", how, "size_t", how.length),
+    mkdirat: lib.func("int mkdirat(int dirfd, const char *path, uint32_t mode)"),
+    unlinkat: lib.func("int unlinkat(int dirfd, const char *path, int flags)"),
     errno: () => koffi.errno(),
   };
   return loaded;

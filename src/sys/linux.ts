@@ -2,14 +2,14 @@
 import { listenAt, receiveFd } from "./fd-receiver.js";
 import { listenLoopbackInNetns, originalDestination } from "./netns-socket.js";
 import { check, libc } from "./libc.js";
-import { mount, umount } from "./mount.js";
+import { mount, mountPoints, umount } from "./mount.js";
+import { mkdirat, openat2, unlinkat } from "./openat2.js";
 import { watchOomV1 } from "./oom-v1.js";
 import { waitExit } from "./reap.js";
-import type { ExitStatus, FdReceiver, Sys } from "./types.js";
+import { O_CLOEXEC, type ExitStatus, type FdReceiver, type Sys } from "./types.js";
 import { openPtyPeer, setWinsize } from "./winsize.js";
 
 const PR_SET_CHILD_SUBREAPER = 36;
-const O_CLOEXEC = 0x80000;
 const CLOCK_REALTIME = 0;
 
 export class LinuxSys implements Sys {
@@ -76,5 +76,21 @@ export class LinuxSys implements Sys {
 
   originalDestination(fd: number): { address: string; port: number } | undefined {
     return originalDestination(fd);
+  }
+
+  mountPoints(): string[] {
+    return mountPoints();
+  }
+
+  openat2(dirFd: number, path: string, flags: number, mode: number, resolve: number): number {
+    return openat2(dirFd, path, flags, mode, resolve);
+  }
+
+  mkdirat(dirFd: number, path: string, mode: number): void {
+    mkdirat(dirFd, path, mode);
+  }
+
+  unlinkat(dirFd: number, path: string, flags: number): void {
+    unlinkat(dirFd, path, flags);
   }
 }

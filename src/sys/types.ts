@@ -75,7 +75,34 @@ export interface Sys {
   /** getsockopt(SO_ORIGINAL_DST) on an accepted IPv4 TCP socket: where its peer meant to connect
    *  before a netfilter REDIRECT/DNAT sent it to us; undefined if conntrack has no entry for it. */
   originalDestination(fd: number): { address: string; port: number } | undefined;
+  /** The mount points of this mount namespace in /proc/self/mountinfo order, unescaped (a path appears
+   *  once per mount stacked on it). */
+  mountPoints(): string[];
+  /** openat2(2): opens `path` relative to the directory fd `dirFd` (AT_FDCWD: the cwd) with O_* `flags`,
+   *  `mode` (for O_CREAT) and RESOLVE_* `resolve` flags, e.g. RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS to
+   *  walk a tree someone else can write without leaving it or following their links. Returns an fd the
+   *  caller owns (node:fs can use and close it). Throws with .code ELOOP for a symlink it may not follow,
+   *  EXDEV for an escape (or, with RESOLVE_NO_XDEV, a mount crossing), ENOSYS before Linux 5.6. */
+  openat2(dirFd: number, path: string, flags: number, mode: number, resolve: number): number;
+  /** mkdirat(2): creates `path` relative to `dirFd`; a symlink in its last component is never followed
+   *  (EEXIST). */
+  mkdirat(dirFd: number, path: string, mode: number): void;
+  /** unlinkat(2): removes `path` relative to `dirFd` (a directory with AT_REMOVEDIR); a symlink is
+   *  removed itself, never followed. */
+  unlinkat(dirFd: number, path: string, flags: number): void;
 }
+
+// open(2) flags the platform's node:fs does not name (same value on every Linux architecture).
+export const O_CLOEXEC = 0o2000000;
+export const O_PATH = 0o10000000;
+export const AT_FDCWD = -100;
+export const AT_REMOVEDIR = 0x200;
+
+// openat2(2) resolve flags (linux/openat2.h).
+export const RESOLVE_NO_XDEV = 0x01;
+export const RESOLVE_NO_MAGICLINKS = 0x02;
+export const RESOLVE_NO_SYMLINKS = 0x04;
+export const RESOLVE_BENEATH = 0x08;
 
 // mount(2) flags (linux/mount.h).
 export const MS_RDONLY = 0x1;

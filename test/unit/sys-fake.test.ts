@@ -1,9 +1,11 @@
 // FakeSys: the scripted stand-in that upper layers are unit-tested with.
 import assert from "node:assert/strict";
-import { closeSync, readSync, writeSync } from "node:fs";
+import { closeSync, constants, mkdtempSync, readdirSync, readSync, rmSync, symlinkSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { FakeSys } from "../../src/sys/fake.js";
-import { MNT_DETACH, MS_BIND, MS_RDONLY, MS_REMOUNT } from "../../src/sys/types.js";
+import { AT_FDCWD, AT_REMOVEDIR, MNT_DETACH, MS_BIND, MS_RDONLY, MS_REMOUNT, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS } from "../../src/sys/types.js";
 
 describe("FakeSys", () => {
   it("records calls and the subreaper flag", () => {
@@ -117,5 +119,36 @@ describe("FakeSys", () => {
     stopB();
     assert.equal(fake.isWatchingOom("/sys/fs/cgroup/memory/x"), false);
     assert.equal(fake.oom("/sys/fs/cgroup/memory/x"), 0);
+  });
+
+  it("runs openat2/mkdirat/unlinkat on the real filesystem and mounts through fds where they point", () => {
+    const dir = mkdtempSync(join(tmpdir(), "cocoon-fake-at-"));
+    const fake = new FakeSys();
+    try {
+      const root = fake.openat2(AT_FDCWD, dir, constants.O_RDONLY | constants.O_DIRECTORY, 0, 0);
+      try {
+        fake.mkdirat(root, "d", 0o700);
+        symlinkSync("/", join(dir, "up"));
+        assert.throws(() => fake.openat2(root, "up", constants.O_RDONLY, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), { code: "ELOOP" });
+        assert.throws(() => fake.openat2(root, "../x", constants.O_RDONLY, 0, RESOLVE_BENEATH), { code: "EXDEV" });
+        const d = fake.openat2(root, "d", constants.O_RDONLY | constants.O_DIRECTORY, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
+        fake.mount("/src", `/proc/self/fd/${d}`, "", MS_BIND, "");
+        closeSync(d);
+        assert.deepEqual(fake.mountPoints(), [join(dir, "d")]);
+        fake.renamed(join(dir, "d"), join(dir, "e"));
+        assert.equal(fake.isMounted(join(dir, "e")), true, "mounts move with a rename, as in mountinfo");
+        fake.umount(`/proc/self/fd/${root}/e`, 0);
+        assert.deepEqual(fake.mountPoints(), []);
+        fake.unlinkat(root, "up", 0);
+        fake.unlinkat(root, "d", AT_REMOVEDIR);
+        assert.deepEqual(readdirSync(dir), []);
+        fake.failNext("mkdirat", "EEXIST");
+        assert.throws(() => fake.mkdirat(root, "z", 0o700), { code: "EEXIST" });
+      } finally {
+        closeSync(root);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,12 +1,11 @@
 // What `delete` does for a vm-mode container whose daemon may be gone: kill the pod's QEMU (when
 // this container owned the VM), remove its tap device and unmount what was shared with the guest.
-import { readFileSync, rmSync } from "node:fs";
-import path from "node:path";
+import { readFileSync } from "node:fs";
 import type { BundleState } from "../../shim/delete.js";
-import { unmountAll } from "../../shim/mount.js";
 import type { Sys } from "../../sys/types.js";
 import { teardownTap } from "./network.js";
 import type { VmBundleState } from "./runtime.js";
+import { unshareAll, unshareContainer } from "./sharedfs.js";
 
 function isQemu(pid: number): boolean {
   try {
@@ -18,8 +17,13 @@ function isQemu(pid: number): boolean {
 
 export async function cleanupVmBundle(sys: Sys, id: string, _bundle: string, state: BundleState): Promise<{ pid: number }> {
   const s = state as VmBundleState;
-  unmountAll(sys, path.join(s.sharedDir, id));
-  rmSync(path.join(s.sharedDir, id), { recursive: true, force: true });
+  // A failure to unshare is reported, but only after the pod's QEMU and tap are gone.
+  let failure: unknown;
+  try {
+    unshareContainer(sys, s.sharedDir, id);
+  } catch (err) {
+    failure = err;
+  }
   if (s.isSandbox) {
     // The pid file is checked against /proc so a recycled pid is never killed.
     if (s.qemuPid && isQemu(s.qemuPid)) {
@@ -28,8 +32,12 @@ export async function cleanupVmBundle(sys: Sys, id: string, _bundle: string, sta
       } catch {}
     }
     if (s.netns && s.iface) await teardownTap(s.netns, s.iface).catch(() => undefined);
-    unmountAll(sys, s.sharedDir);
-    rmSync(s.runDir, { recursive: true, force: true });
+    try {
+      unshareAll(sys, s.sharedDir, s.runDir);
+    } catch (err) {
+      failure ??= err;
+    }
   }
+  if (failure) throw failure;
   return { pid: 0 };
 }

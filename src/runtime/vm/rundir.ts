@@ -5,13 +5,13 @@
 // and only a dead owner's leftovers are cleared, unmounting first so that removing them can never
 // reach into a container's rootfs or volume.
 import { createHash } from "node:crypto";
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { alreadyExists } from "../../shim/errors.js";
 import { processStartTime } from "../../shim/fast-start.js";
-import { unmountAll } from "../../shim/mount.js";
 import { createStateFile, ensurePrivateDir, readStateFileOrUndefined } from "../../shim/statefs.js";
 import type { Sys } from "../../sys/types.js";
+import { unshareAll } from "./sharedfs.js";
 
 /** Short, fixed-length names keep socket paths under the 108-byte limit. */
 export const runDirName = (namespace: string, sandboxId: string) =>
@@ -46,8 +46,10 @@ export function claimRunDir(sys: Sys, stateDir: string, namespace: string, sandb
   return { runDir, sharedDir };
 }
 
-/** Removes a run dir: whatever is still mounted anywhere below it (mountinfo says) goes first. */
+/**
+ * Removes a run dir: whatever is still mounted in its guest-writable shared dir (mountinfo says)
+ * is unmounted first, and nothing the guest planted there is followed (sharedfs.unshareAll).
+ */
 export function releaseRunDir(sys: Sys, runDir: string) {
-  unmountAll(sys, runDir);
-  rmSync(runDir, { recursive: true, force: true });
+  unshareAll(sys, path.join(runDir, "shared"), runDir);
 }

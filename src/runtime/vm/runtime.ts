@@ -283,7 +283,10 @@ export class VmRuntime implements Runtime {
       vm?.kill();
       if (vm) await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 3000))]);
       if (net) await teardownTap(net.netns, net.iface.name).catch(() => undefined);
-      releaseRunDir(this.sys, runDir);
+      try {
+        // The guest may still be running: nothing it planted in the share is followed.
+        releaseRunDir(this.sys, runDir);
+      } catch {}
       if (err instanceof ShimError && !vm) throw err;
       throw internal(`VM for pod ${id} did not come up: ${(err as Error).message}\n--- qemu stderr ---\n${stderr}\n--- end of guest console ---\n${console}`, err);
     }
@@ -402,9 +405,10 @@ export class VmRuntime implements Runtime {
     await sb.forwarder?.close();
     if (sb.net) await teardownTap(sb.net.netns, sb.net.iface.name).catch(() => undefined);
     try {
-      unshareContainer(this.sys, path.dirname(sb.sharedDir), "shared");
-    } catch {}
-    releaseRunDir(this.sys, sb.runDir);
+      releaseRunDir(this.sys, sb.runDir);
+    } catch (err) {
+      this.ctx.log.warn("pod's shared dir not fully cleaned up", { sandbox: sb.id, err: (err as Error).message });
+    }
     this.sandboxes.delete(sb.id);
   }
 
