@@ -51,9 +51,12 @@ KERNEL_META=linux-image-amd64
 # (see README.md for the CONFIG_ facts behind this list).
 # crc32c_generic comes before erofs: libcrc32c (erofs needs it) asks the crypto API for crc32c when
 # it loads, and without modprobe in the guest nothing would load the algorithm on demand.
+# ip_tables and ip6_tables are loaded ahead of need: nothing asks the kernel for them (iptables-legacy
+# runs modprobe itself, which a container does not have), and once they are in, the tables
+# (iptable_filter, iptable_nat, ...) load on demand. About 130 KB of guest memory.
 MODULES=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk virtio_rng
   9pnet_virtio 9p overlay vmw_vsock_virtio_transport
-  virtio_pmem nd_pmem crc32c_generic erofs virtio_balloon)
+  virtio_pmem nd_pmem crc32c_generic erofs virtio_balloon ip_tables ip6_tables)
 # Shipped in the root image but not loaded at boot: what a privileged container does on a host
 # (bridges, veths, tun, VLANs, tunnels, nftables/iptables, ipsets, IPVS, tc, fuse, loop). The kernel
 # asks for them itself (request_module: "rtnl-link-bridge", "nft-chain-2-nat", "fs-fuse",

@@ -138,16 +138,17 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
     let pod: RunningPod;
     const ids: Record<string, string> = {};
     const loadedModules = async (id: string) => (await exec(id, ["cut", "-d", " ", "-f1", "/proc/modules"])).stdout.split("\n");
-    const iptables = "/usr/sbin/xtables-nft-multi";
-    const haveIptables = existsSync(iptables);
+    // Both flavours of iptables: nft (netlink, everything loads on demand) and legacy (needs ip_tables loaded).
+    const iptables = ["/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi"];
+    const haveIptables = iptables.every((f) => existsSync(f));
 
-    /** The busybox image has no iptables: the host's (nft flavour), with its libraries and extensions, to share. */
+    /** The busybox image has no iptables: the host's, with their libraries and extensions, to share. */
     async function stageIptables(dir: string): Promise<void> {
       mkdirSync(path.join(dir, "lib"), { recursive: true });
-      copyFileSync(iptables, path.join(dir, "xtables-nft-multi"));
+      for (const bin of iptables) copyFileSync(bin, path.join(dir, path.basename(bin)));
       const extensions = "/usr/lib/x86_64-linux-gnu/xtables";
       cpSync(extensions, path.join(dir, "xtables"), { recursive: true, dereference: true });
-      const { stdout } = await run("sh", ["-c", `ldd ${iptables} ${extensions}/*.so | awk '$3 ~ /^\\// {print $3} NF == 2 && $1 ~ /^\\// {print $1}' | sort -u`]);
+      const { stdout } = await run("sh", ["-c", `ldd ${iptables.join(" ")} ${extensions}/*.so | awk '$3 ~ /^\\// {print $3} NF == 2 && $1 ~ /^\\// {print $1}' | sort -u`]);
       for (const lib of stdout.split("\n").filter(Boolean)) copyFileSync(realpathSync(lib), path.join(dir, "lib", path.basename(lib)));
     }
 
@@ -207,8 +208,10 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
       for (const m of ["bridge", "stp", "llc", "veth", "8021q", "dummy", "macvlan", "ipvlan", "tun"]) assert.ok(loaded.includes(m), `${m} loaded: ${loaded.join(" ")}`);
     });
 
-    it("a privileged container sets iptables (nf_tables) rules with the host's iptables binary", { skip: !haveIptables && `no ${iptables} on this host` }, async () => {
-      const ipt = "XTABLES_LIBDIR=/ipt/xtables /ipt/lib/ld-linux-x86-64.so.2 --library-path /ipt/lib /ipt/xtables-nft-multi iptables";
+    it("a privileged container sets iptables rules, nft and legacy, with the host's iptables binaries", { skip: !haveIptables && `no ${iptables.join(" or ")} on this host` }, async () => {
+      const iptablesCmd = (flavour: string) => `XTABLES_LIBDIR=/ipt/xtables /ipt/lib/ld-linux-x86-64.so.2 --library-path /ipt/lib /ipt/xtables-${flavour}-multi iptables`;
+      const ipt = iptablesCmd("nft");
+      const legacy = iptablesCmd("legacy");
       const script = [
         "set -e",
         `${ipt} -t nat -A POSTROUTING -o eth0 -j MASQUERADE`,
@@ -218,14 +221,20 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
         `${ipt} -S INPUT`,
         `${ipt} -F INPUT`,
         `${ipt} -t nat -F POSTROUTING`,
+        // iptables-legacy takes its lock in /run/xtables.lock.
+        "mkdir -p /run",
+        `${legacy} -t nat -A PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 80`,
+        `${legacy} -t nat -S PREROUTING`,
+        `${legacy} -t nat -F PREROUTING`,
       ].join("\n");
       const r = await exec(ids["priv"]!, ["sh", "-c", script]);
       assert.equal(r.exitCode, 0, r.stderr);
       assert.match(r.stdout, /-A POSTROUTING -o eth0 -j MASQUERADE/);
       assert.match(r.stdout, /-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT/);
       assert.match(r.stdout, /--dports 80,443 -m comment --comment web -j ACCEPT/);
+      assert.match(r.stdout, /-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 80/);
       const loaded = await loadedModules(ids["priv"]!);
-      for (const m of ["nf_tables", "nft_chain_nat", "nft_compat", "nf_conntrack", "xt_conntrack"]) assert.ok(loaded.includes(m), `${m} loaded: ${loaded.join(" ")}`);
+      for (const m of ["nf_tables", "nft_chain_nat", "nft_compat", "nf_conntrack", "xt_conntrack", "iptable_nat", "xt_REDIRECT"]) assert.ok(loaded.includes(m), `${m} loaded: ${loaded.join(" ")}`);
     });
   });
 });
