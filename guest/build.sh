@@ -10,7 +10,8 @@
 #                        attached as virtio-pmem and mounted with DAX, so the guest runs node and crun
 #                        straight from the host's page cache, shared by every VM, instead of copying
 #                        them into its own RAM as it does over 9p (see README.md, "memory")
-#   modules-list.txt     the kernel modules shipped, in load order
+#   modules-list.txt     the kernel modules /init loads at boot, in load order
+#   modules-on-demand.txt the other modules shipped, loaded by the kernel when needed (modprobe)
 #   kernel-config        the kernel's own config, to look up what is built in
 #   manifest.json        package versions, module list, sizes and sha256 of every output
 # Re-running with unchanged inputs does nothing. Inputs: the kernel package apt resolves
@@ -50,9 +51,41 @@ KERNEL_META=linux-image-amd64
 # (see README.md for the CONFIG_ facts behind this list).
 # crc32c_generic comes before erofs: libcrc32c (erofs needs it) asks the crypto API for crc32c when
 # it loads, and without modprobe in the guest nothing would load the algorithm on demand.
+# ip_tables and ip6_tables are loaded ahead of need: nothing asks the kernel for them (iptables-legacy
+# runs modprobe itself, which a container does not have), and once they are in, the tables
+# (iptable_filter, iptable_nat, ...) load on demand. About 130 KB of guest memory.
 MODULES=(virtio_pci virtio_mmio virtio_console virtio_net virtio_blk virtio_rng
   9pnet_virtio 9p overlay vmw_vsock_virtio_transport
-  virtio_pmem nd_pmem crc32c_generic erofs virtio_balloon)
+  virtio_pmem nd_pmem crc32c_generic erofs virtio_balloon ip_tables ip6_tables)
+# Shipped in the root image but not loaded at boot: what a privileged container does on a host
+# (bridges, veths, tun, VLANs, tunnels, nftables/iptables, ipsets, IPVS, tc, fuse, loop). The kernel
+# asks for them itself (request_module: "rtnl-link-bridge", "nft-chain-2-nat", "fs-fuse",
+# "char-major-10-200", ...) and runs /sbin/modprobe (busybox), which resolves the name through the
+# modules.alias and modules.dep that depmod writes for the shipped tree. A boot pays nothing for them.
+ON_DEMAND_MODULES=(
+  bridge br_netfilter veth tun vxlan geneve macvlan macvtap ipvlan ipvtap dummy 8021q ifb vrf bonding
+  wireguard ipip ip_gre sit ip6_tunnel
+  sch_ingress sch_htb sch_tbf sch_netem sch_prio cls_u32 cls_bpf cls_flower cls_matchall
+  act_mirred act_gact act_bpf
+  nf_tables nft_compat nft_ct nft_nat nft_masq nft_chain_nat nft_redir nft_reject_inet nft_reject_ipv4
+  nft_reject_ipv6 nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_limit nft_log nft_quota nft_numgen nft_hash
+  nft_objref nft_socket nft_tproxy nft_connlimit nft_meta_bridge nft_reject_bridge nf_conntrack_bridge
+  nft_dup_ipv4 nft_fwd_netdev nfnetlink_queue nfnetlink_log nf_conntrack_netlink nf_log_syslog
+  nf_conntrack_ftp nf_nat_ftp nf_conntrack_tftp nf_nat_tftp
+  ip_tables iptable_filter iptable_nat iptable_mangle iptable_raw iptable_security ip6_tables
+  ip6table_filter ip6table_nat ip6table_mangle ip6table_raw ipt_REJECT ip6t_REJECT ipt_rpfilter
+  ip6t_rpfilter arp_tables arptable_filter arpt_mangle ebtables ebtable_filter ebtable_nat ebtable_broute
+  xt_MASQUERADE xt_conntrack xt_addrtype xt_mark xt_comment xt_multiport xt_tcpudp xt_nat xt_REDIRECT
+  xt_statistic xt_set xt_physdev xt_CHECKSUM xt_owner xt_limit xt_state xt_recent xt_LOG xt_NFLOG
+  xt_NFQUEUE xt_pkttype xt_length xt_iprange xt_hashlimit xt_connmark xt_CT xt_bpf xt_TCPMSS xt_tcpmss
+  xt_socket xt_connlimit xt_ipvs xt_u32 xt_devgroup xt_cgroup xt_TPROXY xt_nfacct xt_dscp xt_DSCP
+  xt_CLASSIFY xt_helper xt_policy xt_time xt_string xt_esp xt_ecn xt_HL xt_hl xt_mac xt_realm xt_sctp
+  xt_quota xt_connbytes xt_connlabel xt_ipcomp xt_TEE xt_IDLETIMER
+  ip_set ip_set_hash_ip ip_set_hash_net ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet
+  ip_set_hash_netport ip_set_hash_netnet ip_set_bitmap_port ip_set_list_set ip_set_hash_ipmark
+  ip_set_hash_netiface ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh ip_vs_lc ip_vs_wlc
+  xfrm_user xfrm_interface esp4 esp6 xfrm4_tunnel sctp
+  loop fuse binfmt_misc squashfs autofs4 configfs)
 EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
 
 log() { echo "guest/build: $*" >&2; }
@@ -96,7 +129,7 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; 
 
 base_fingerprint() {
   echo "kernel $KPKG $KPKG_VERSION"
-  echo "compress $COMPRESS modules ${MODULES[*]} epoch $EPOCH"
+  echo "compress $COMPRESS modules ${MODULES[*]} on-demand ${ON_DEMAND_MODULES[*]} epoch $EPOCH"
   sha256sum "$HERE/build.sh" "$HERE/init.sh"
   # Host binaries and their libraries: size and mtime change with every package upgrade.
   { for bin in "$BUSYBOX" "$CRUN" "$NODE"; do echo "$bin"; host_libs "$bin"; done; } |
@@ -123,7 +156,7 @@ BASE_INITRD=$OUT/.base-$INITRD
 BASE_ENV=$OUT/.base.env
 stamp_is() { [[ -f $1 ]] && [[ "$(cat "$1")" == "$2" ]]; }
 base_present() {
-  for f in vmlinuz vmlinux "$INITRD_9P" rootfs/init modules-list.txt kernel-config; do
+  for f in vmlinuz vmlinux "$INITRD_9P" rootfs/init modules-list.txt modules-on-demand.txt kernel-config; do
     [[ -e $OUT/$f ]] || return 1
   done
   [[ -f $BASE_INITRD && -f $BASE_ENV ]]
@@ -178,22 +211,29 @@ while IFS=: read -r mod deps; do
   MOD_PATH[${name//-/_}]=$mod
   MOD_DEPS[$mod]=$deps
 done <"$MODDIR/modules.dep"
-LOAD_ORDER=()
+ORDER=()
 visit() { # depth first: a module is listed after everything it needs
   local mod=$1 dep
   [[ -n ${SEEN[$mod]:-} ]] && return
   SEEN[$mod]=1
   for dep in ${MOD_DEPS[$mod]}; do visit "$dep"; done
-  LOAD_ORDER+=("$mod")
+  ORDER+=("$mod")
 }
-for name in "${MODULES[@]}"; do
-  mod=${MOD_PATH[${name//-/_}]:-}
-  if [[ -z $mod ]]; then
-    grep -q "/${name//_/[-_]}\.ko" "$MODDIR/modules.builtin" && { log "$name is built in"; continue; }
-    die "module $name is neither in $KPKG nor built in"
-  fi
-  visit "$mod"
-done
+closure() { # the modules named, with everything they need, appended to ORDER
+  local name mod
+  for name in "$@"; do
+    mod=${MOD_PATH[${name//-/_}]:-}
+    if [[ -z $mod ]]; then
+      grep -q "/${name//_/[-_]}\.ko" "$MODDIR/modules.builtin" && { log "$name is built in"; continue; }
+      die "module $name is neither in $KPKG nor built in"
+    fi
+    visit "$mod"
+  done
+}
+closure "${MODULES[@]}"
+LOAD_ORDER=("${ORDER[@]}")
+closure "${ON_DEMAND_MODULES[@]}"
+SHIPPED=("${ORDER[@]}")
 
 # --- the initramfs tree ------------------------------------------------------------------
 
@@ -249,7 +289,7 @@ echo cocoon >"$STAGE/etc/hostname"
 
 GMOD=$STAGE/usr/lib/modules/$KVER
 mkdir -p "$GMOD"
-for mod in "${LOAD_ORDER[@]}"; do
+for mod in "${SHIPPED[@]}"; do
   # Busybox insmod wants plain ELF; decompress if this kernel ever ships compressed modules.
   dest=$GMOD/${mod%.ko*}.ko
   mkdir -p "${dest%/*}"
@@ -260,12 +300,12 @@ for mod in "${LOAD_ORDER[@]}"; do
     *.ko.gz) gzip -dc "$MODDIR/$mod" >"$dest" ;;
     *) die "unknown module format: $mod" ;;
   esac
-  deps=""
-  for dep in ${MOD_DEPS[$mod]}; do deps+=" ${dep%.ko*}.ko"; done
-  echo "${mod%.ko*}.ko:$deps" >>"$GMOD/modules.dep"
-  echo "${mod%.ko*}.ko" >>"$GMOD/load-order"
 done
-cp "$MODDIR/modules.builtin" "$MODDIR/modules.order" "$GMOD/"
+printf '%s\n' "${LOAD_ORDER[@]}" | sed 's/\.ko.*$/.ko/' >"$GMOD/load-order"
+cp "$MODDIR/modules.builtin" "$MODDIR/modules.builtin.modinfo" "$GMOD/"
+printf '%s\n' "${SHIPPED[@]}" | grep -xF -f - "$MODDIR/modules.order" >"$GMOD/modules.order"
+# The index of the shipped tree (modules.dep, modules.alias, ...) for modprobe in the guest.
+depmod -b "$STAGE/usr" "$KVER"
 
 extract_vmlinux() { # the ELF kernel inside a bzImage (CONFIG_KERNEL_XZ here), checked for PVH
   grep -q '^CONFIG_KERNEL_XZ=y' "$KROOT/boot/config-$KVER" || die "kernel is not xz-compressed; teach extract_vmlinux"
@@ -285,7 +325,8 @@ mkdir -p "$NEW"
 cp "$KROOT/boot/vmlinuz-$KVER" "$NEW/vmlinuz"
 extract_vmlinux "$NEW/vmlinuz" "$NEW/vmlinux"
 cp "$KROOT/boot/config-$KVER" "$NEW/kernel-config"
-printf '%s\n' "${LOAD_ORDER[@]}" | sed 's/\.ko.*$/.ko/' >"$NEW/modules-list.txt"
+cp "$GMOD/load-order" "$NEW/modules-list.txt"
+printf '%s\n' "${SHIPPED[@]:${#LOAD_ORDER[@]}}" | sed 's/\.ko.*$/.ko/' >"$NEW/modules-on-demand.txt"
 log "packing the base of $INITRD"
 pack "$STAGE" "$NEW/.base-$INITRD"
 
@@ -295,8 +336,9 @@ cp -a "$STAGE" "$NEW/rootfs"
 SMALL=$WORK/small
 mkdir -p "$SMALL/usr/bin" "$SMALL/usr/lib"
 cp -a "$STAGE"/{bin,sbin,lib,lib64,dev,proc,sys,newroot,init} "$SMALL/"
-mkdir -p "$SMALL/usr/sbin" "$SMALL/usr/lib64"
-cp -a "$STAGE/usr/lib/modules" "$SMALL/usr/lib/"
+mkdir -p "$SMALL/usr/sbin" "$SMALL/usr/lib64" "$SMALL/usr/lib/modules/$KVER"
+# Only what stage 1 loads: the on-demand modules are in the root it switches to.
+(cd "$STAGE/usr/lib/modules/$KVER" && xargs -a load-order cp --parents -t "$SMALL/usr/lib/modules/$KVER" -- load-order)
 cp -a "$STAGE/usr/bin/busybox" "$SMALL/usr/bin/"
 for applet in $(cd "$STAGE" && find usr/bin usr/sbin -type l); do cp -a "$STAGE/$applet" "$SMALL/$applet"; done
 log "packing $INITRD_9P"
@@ -371,7 +413,7 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
   EROFS_SHA=$(sha "$OUT/rootfs.erofs") EROFS_SIZE=$(size "$OUT/rootfs.erofs") \
   TREE_SIZE=$((BASE_TREE_SIZE + $(du -sb "$ASTAGE" | cut -f1))) \
   AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT AGENT_KIND=$AGENT_KIND KOFFI=$KOFFI \
-  COMPRESS=$COMPRESS MODULES_FILE="$OUT/modules-list.txt" \
+  COMPRESS=$COMPRESS MODULES_FILE="$OUT/modules-list.txt" ON_DEMAND_FILE="$OUT/modules-on-demand.txt" \
   "$NODE" -e '
     const fs = require("node:fs");
     const e = process.env;
@@ -387,6 +429,7 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
       node: e.NODE_VERSION,
       agent: { kind: e.AGENT_KIND, source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: "/usr/lib/cocoon/agent.cjs", koffi: e.KOFFI || null },
       modules: fs.readFileSync(e.MODULES_FILE, "utf8").trim().split("\n"),
+      modulesOnDemand: fs.readFileSync(e.ON_DEMAND_FILE, "utf8").trim().split("\n"),
     };
     process.stdout.write(JSON.stringify(manifest, null, 2) + "\n");
   ' >"$WORK/manifest.json"

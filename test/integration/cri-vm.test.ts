@@ -1,7 +1,7 @@
 // The Kubernetes path in vm mode: containerd's CRI plugin runs pods on the `cocoon` handler, each pod in
 // its own QEMU VM (TCG here), with the pod's CNI network carried into the guest.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -13,7 +13,7 @@ import type { Containerd } from "../helpers/containerd.js";
 import { qemuPids, startCriLab } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { repoRoot, waitFor } from "../helpers/util.js";
+import { repoRoot, run, waitFor } from "../helpers/util.js";
 
 const HANDLER = "cocoon";
 const OUT = path.join(repoRoot, "guest", "out");
@@ -29,12 +29,29 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
   let cri: CriClient;
   let cfgDir: string;
 
-  async function runPod(name: string, containers: Array<{ name: string; script: string; mounts?: Array<{ hostPath: string; containerPath: string; readOnly?: boolean }>; memoryLimitBytes?: number }>, o: { hostNetwork?: boolean } = {}): Promise<RunningPod> {
+  interface TestContainer {
+    name: string;
+    script: string;
+    mounts?: Array<{ hostPath: string; containerPath: string; readOnly?: boolean }>;
+    memoryLimitBytes?: number;
+    privileged?: boolean;
+    capAdd?: string[];
+  }
+
+  async function runPod(name: string, containers: TestContainer[], o: { hostNetwork?: boolean } = {}): Promise<RunningPod> {
     const spec = validatePodSpec({
       name: `${name}-${process.pid}-${++seq}`,
       runtimeHandler: HANDLER,
       hostNetwork: !!o.hostNetwork,
-      containers: containers.map((c) => ({ name: c.name, image: BUSYBOX_IMAGE, command: ["sh", "-c", c.script], mounts: c.mounts, ...(c.memoryLimitBytes ? { resources: { memoryLimitBytes: c.memoryLimitBytes } } : {}) })),
+      containers: containers.map((c) => ({
+        name: c.name,
+        image: BUSYBOX_IMAGE,
+        command: ["sh", "-c", c.script],
+        mounts: c.mounts,
+        ...(c.memoryLimitBytes ? { resources: { memoryLimitBytes: c.memoryLimitBytes } } : {}),
+        ...(c.privileged ? { privileged: true } : {}),
+        ...(c.capAdd ? { capabilities: { add: c.capAdd } } : {}),
+      })),
     });
     return startPod(cri, toCriConfigs(spec, { logRoot: path.join(ctrd.dir, "pods") }), { timeoutMs: 180_000 });
   }
@@ -127,5 +144,111 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
 
   it("refuses a hostNetwork pod with a clear error", async () => {
     await assert.rejects(runPod("hostnet", [{ name: "shell", script: "sleep 1" }], { hostNetwork: true }), /host networking cannot be used in vm mode/);
+  });
+
+  describe("kernel features a privileged workload expects (modules shipped in the guest, loaded on demand)", () => {
+    // One pod (one VM, a clone of the template VM) for every case: a privileged container, one with
+    // NET_ADMIN added and one with the default capabilities.
+    let pod: RunningPod;
+    const ids: Record<string, string> = {};
+    const loadedModules = async (id: string) => (await exec(id, ["cut", "-d", " ", "-f1", "/proc/modules"])).stdout.split("\n");
+    // Both flavours of iptables: nft (netlink, everything loads on demand) and legacy (needs ip_tables loaded).
+    const iptables = ["/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi"];
+    const haveIptables = iptables.every((f) => existsSync(f));
+
+    /** The busybox image has no iptables: the host's, with their libraries and extensions, to share. */
+    async function stageIptables(dir: string): Promise<void> {
+      mkdirSync(path.join(dir, "lib"), { recursive: true });
+      for (const bin of iptables) copyFileSync(bin, path.join(dir, path.basename(bin)));
+      const extensions = "/usr/lib/x86_64-linux-gnu/xtables";
+      cpSync(extensions, path.join(dir, "xtables"), { recursive: true, dereference: true });
+      const { stdout } = await run("sh", ["-c", `ldd ${iptables.join(" ")} ${extensions}/*.so | awk '$3 ~ /^\\// {print $3} NF == 2 && $1 ~ /^\\// {print $1}' | sort -u`]);
+      for (const lib of stdout.split("\n").filter(Boolean)) copyFileSync(realpathSync(lib), path.join(dir, "lib", path.basename(lib)));
+    }
+
+    before(async () => {
+      const ipt = path.join(cfgDir, "iptables");
+      if (haveIptables) await stageIptables(ipt);
+      pod = await runPod("kfeat", [
+        { name: "priv", script: "exec sleep 600", privileged: true, ...(haveIptables ? { mounts: [{ hostPath: ipt, containerPath: "/ipt", readOnly: true }] } : {}) },
+        { name: "netadmin", script: "exec sleep 600", capAdd: ["NET_ADMIN"] },
+        { name: "plain", script: "exec sleep 600" },
+      ]);
+      for (const c of pod.containers) ids[c.name] = c.id;
+    });
+
+    after(async () => {
+      if (pod) await removePod(cri, pod.id);
+    });
+
+    it("a container without CAP_NET_ADMIN is refused a bridge for the capability; with it added, it makes one", async () => {
+      const denied = await exec(ids["plain"]!, ["ip", "link", "add", "br-plain", "type", "bridge"]);
+      assert.notEqual(denied.exitCode, 0);
+      assert.match(denied.stderr, /Operation not permitted/);
+      const made = await exec(ids["netadmin"]!, ["sh", "-c", "ip link add br-na type bridge && cat /sys/class/net/br-na/bridge/stp_state && ip link del br-na"]);
+      assert.deepEqual(made, { stdout: "0\n", stderr: "", exitCode: 0 });
+      assert.ok((await loadedModules(ids["plain"]!)).includes("bridge"), "bridge loaded on demand");
+    });
+
+    it("a privileged container makes bridges, veths, VLANs, dummy/macvlan/ipvlan links, a tun device, tmpfs and overlay mounts", async () => {
+      const script = [
+        "set -e",
+        "brctl addbr br-t",
+        "ip link add vt0 type veth",
+        "brctl addif br-t vt0",
+        "ip link add link vt0 name vt0.5 type vlan id 5",
+        "ip link add d0 type dummy",
+        "ip link add d1 type dummy",
+        "ip link add link d0 name mv0 type macvlan",
+        // A lower device takes macvlans or ipvlans, not both.
+        "ip link add link d1 name iv0 type ipvlan",
+        // The kernel loads tun when /dev/net/tun is first opened ("char-major-10-200").
+        "test -c /dev/net/tun || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }",
+        "tunctl -t tap-t >/dev/null",
+        "for l in br-t vt0 vt0.5 d0 d1 mv0 iv0 tap-t; do cat /sys/class/net/$l/ifindex >/dev/null; done",
+        "basename $(readlink /sys/class/net/vt0/master)",
+        "mkdir -p /mnt/t && mount -t tmpfs t /mnt/t && mkdir /mnt/t/l /mnt/t/u /mnt/t/w /mnt/t/m",
+        "echo low > /mnt/t/l/f",
+        "mount -t overlay o -o lowerdir=/mnt/t/l,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/t/m",
+        "echo up >> /mnt/t/m/f && cat /mnt/t/u/f",
+        "umount /mnt/t/m /mnt/t",
+        "tunctl -d tap-t >/dev/null",
+        "for l in iv0 mv0 d0 d1 vt0.5 vt0 br-t; do ip link del $l; done",
+        "echo done",
+      ].join("\n");
+      const r = await exec(ids["priv"]!, ["sh", "-c", script]);
+      assert.deepEqual(r, { stdout: "br-t\nlow\nup\ndone\n", stderr: "", exitCode: 0 });
+      const loaded = await loadedModules(ids["priv"]!);
+      for (const m of ["bridge", "stp", "llc", "veth", "8021q", "dummy", "macvlan", "ipvlan", "tun"]) assert.ok(loaded.includes(m), `${m} loaded: ${loaded.join(" ")}`);
+    });
+
+    it("a privileged container sets iptables rules, nft and legacy, with the host's iptables binaries", { skip: !haveIptables && `no ${iptables.join(" or ")} on this host` }, async () => {
+      const iptablesCmd = (flavour: string) => `XTABLES_LIBDIR=/ipt/xtables /ipt/lib/ld-linux-x86-64.so.2 --library-path /ipt/lib /ipt/xtables-${flavour}-multi iptables`;
+      const ipt = iptablesCmd("nft");
+      const legacy = iptablesCmd("legacy");
+      const script = [
+        "set -e",
+        `${ipt} -t nat -A POSTROUTING -o eth0 -j MASQUERADE`,
+        `${ipt} -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`,
+        `${ipt} -A INPUT -p tcp -m multiport --dports 80,443 -m comment --comment web -j ACCEPT`,
+        `${ipt} -t nat -S POSTROUTING`,
+        `${ipt} -S INPUT`,
+        `${ipt} -F INPUT`,
+        `${ipt} -t nat -F POSTROUTING`,
+        // iptables-legacy takes its lock in /run/xtables.lock.
+        "mkdir -p /run",
+        `${legacy} -t nat -A PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 80`,
+        `${legacy} -t nat -S PREROUTING`,
+        `${legacy} -t nat -F PREROUTING`,
+      ].join("\n");
+      const r = await exec(ids["priv"]!, ["sh", "-c", script]);
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.match(r.stdout, /-A POSTROUTING -o eth0 -j MASQUERADE/);
+      assert.match(r.stdout, /-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT/);
+      assert.match(r.stdout, /--dports 80,443 -m comment --comment web -j ACCEPT/);
+      assert.match(r.stdout, /-A PREROUTING -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 80/);
+      const loaded = await loadedModules(ids["priv"]!);
+      for (const m of ["nf_tables", "nft_chain_nat", "nft_compat", "nf_conntrack", "xt_conntrack", "iptable_nat", "xt_REDIRECT"]) assert.ok(loaded.includes(m), `${m} loaded: ${loaded.join(" ")}`);
+    });
   });
 });

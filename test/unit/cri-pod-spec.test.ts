@@ -171,3 +171,30 @@ containers:
     "containers[0].mounts[0].mountPropagation: must be one of None, HostToContainer, Bidirectional",
   ]);
 });
+
+test("privileged and capabilities reach the container's security context; a privileged container makes the sandbox privileged", () => {
+  const spec = validatePodSpec({
+    name: "p",
+    containers: [
+      { name: "priv", image: "i", privileged: true },
+      { name: "netadmin", image: "i", capabilities: { add: ["NET_ADMIN"], drop: ["CAP_MKNOD"] } },
+      { name: "plain", image: "i" },
+    ],
+  });
+  const pod = toCriConfigs(spec, { logRoot: "/logs" });
+  assert.equal(pod.sandbox.linux?.securityContext?.privileged, true);
+  const [priv, netadmin, plain] = pod.containers.map((c) => c.linux?.securityContext);
+  assert.equal(priv?.privileged, true);
+  assert.equal(netadmin?.privileged, false);
+  assert.deepEqual(netadmin?.capabilities?.addCapabilities, ["NET_ADMIN"]);
+  assert.deepEqual(netadmin?.capabilities?.dropCapabilities, ["CAP_MKNOD"]);
+  assert.equal(plain?.capabilities, undefined);
+
+  const unprivileged = toCriConfigs(validatePodSpec({ name: "q", containers: [{ name: "c", image: "i" }] }), { logRoot: "/logs" });
+  assert.equal(unprivileged.sandbox.linux?.securityContext?.privileged, false);
+  assert.deepEqual(problems({ name: "p", containers: [{ name: "c", image: "i", privileged: "yes", capabilities: { add: ["net admin"], keep: [] } }] }), [
+    "containers[0].privileged: must be true or false, got \"yes\"",
+    "containers[0].capabilities.keep: unknown field (allowed: add, drop)",
+    'containers[0].capabilities.add: "net admin" is not a capability name (e.g. NET_ADMIN)',
+  ]);
+});

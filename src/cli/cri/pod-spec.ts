@@ -50,6 +50,10 @@ export interface PodContainer {
   tty: boolean;
   resources: PodResources;
   annotations: Record<string, string>;
+  /** Kubernetes' securityContext.privileged: every capability, every device, no seccomp, writable /sys. */
+  privileged: boolean;
+  /** Capabilities added to or dropped from the runtime's default set, named as in Kubernetes (`NET_ADMIN`). */
+  capabilities: { add: string[]; drop: string[] };
 }
 
 export interface PodSpec {
@@ -84,6 +88,8 @@ export class PodSpecError extends Error {
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const ENV_NAME = /^[-._a-zA-Z][-._a-zA-Z0-9]*$/;
+// Kubernetes spells them without the CAP_ prefix; containerd accepts both, and "ALL".
+const CAPABILITY = /^(CAP_)?[A-Z][A-Z_]*$/;
 
 type Obj = Record<string, unknown>;
 
@@ -255,12 +261,27 @@ function checkResources(c: Checker, v: unknown, at: string): PodResources {
   return r;
 }
 
+function checkCapabilities(c: Checker, v: unknown, at: string): { add: string[]; drop: string[] } {
+  if (v === undefined || v === null) return { add: [], drop: [] };
+  if (!isObj(v)) {
+    c.fail(at, "must be {add?, drop?}");
+    return { add: [], drop: [] };
+  }
+  c.keys(v, ["add", "drop"], at);
+  const list = (key: string) => {
+    const names = c.strList(v, key, `${at}.${key}`);
+    for (const n of names) if (!CAPABILITY.test(n)) c.fail(`${at}.${key}`, `"${n}" is not a capability name (e.g. NET_ADMIN)`);
+    return names;
+  };
+  return { add: list("add"), drop: list("drop") };
+}
+
 function checkContainer(c: Checker, v: unknown, at: string): PodContainer | undefined {
   if (!isObj(v)) {
     c.fail(at, "must be a map");
     return undefined;
   }
-  c.keys(v, ["name", "image", "command", "args", "env", "workingDir", "mounts", "tty", "resources", "annotations"], at);
+  c.keys(v, ["name", "image", "command", "args", "env", "workingDir", "mounts", "tty", "resources", "annotations", "privileged", "capabilities"], at);
   const name = c.str(v, "name", `${at}.name`, true);
   if (name && !DNS_LABEL.test(name)) c.fail(`${at}.name`, `"${name}" is not a DNS label (lower-case letters, digits and '-', at most 63)`);
   if (name.length > 63) c.fail(`${at}.name`, "longer than 63 characters");
@@ -277,6 +298,8 @@ function checkContainer(c: Checker, v: unknown, at: string): PodContainer | unde
     tty: c.bool(v, "tty", `${at}.tty`),
     resources: checkResources(c, v["resources"], `${at}.resources`),
     annotations: c.strMap(v, "annotations", `${at}.annotations`),
+    privileged: c.bool(v, "privileged", `${at}.privileged`),
+    capabilities: checkCapabilities(c, v["capabilities"], `${at}.capabilities`),
   };
 }
 
@@ -387,7 +410,9 @@ export function toCriConfigs(spec: PodSpec, opts: CriPodOptions): CriPod {
     linux: {
       cgroupParent: opts.cgroupParent ?? "",
       sysctls: { ...spec.sysctls },
-      securityContext: { namespaceOptions },
+      // The CRI refuses a privileged container in a sandbox that is not; kubelet marks the sandbox
+      // privileged when any of its containers is.
+      securityContext: { namespaceOptions, privileged: spec.containers.some((c) => c.privileged) },
     },
   });
   const containers = spec.containers.map((ctr) =>
@@ -410,7 +435,13 @@ export function toCriConfigs(spec: PodSpec, opts: CriPodOptions): CriPod {
       tty: ctr.tty,
       linux: {
         resources: resourcesOf(ctr.resources),
-        securityContext: { namespaceOptions },
+        securityContext: {
+          namespaceOptions,
+          privileged: ctr.privileged,
+          ...(ctr.capabilities.add.length || ctr.capabilities.drop.length
+            ? { capabilities: { addCapabilities: ctr.capabilities.add, dropCapabilities: ctr.capabilities.drop } }
+            : {}),
+        },
       },
     }),
   );

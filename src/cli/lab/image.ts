@@ -17,7 +17,7 @@ export const APPLETS = [
   "grep", "head", "tail", "wc", "yes", "dd", "httpd", "wget", "nc", "kill", "top", "mkdir", "rm", "touch", "stat",
   "date", "seq", "stty", "printf", "tr", "sed", "awk", "free", "cp", "mv", "ln", "chmod", "chown", "pwd", "test",
   "basename", "dirname", "find", "xargs", "cut", "sort", "uniq", "md5sum", "sha256sum", "ping", "ip", "ifconfig",
-  "netstat", "nslookup", "whoami", "nproc", "timeout", "hexdump", "od", "sync",
+  "netstat", "nslookup", "whoami", "nproc", "timeout", "hexdump", "od", "sync", "brctl", "tunctl", "mknod",
 ];
 
 export interface ImageOptions {
