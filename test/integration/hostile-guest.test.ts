@@ -20,6 +20,9 @@ const built = existsSync(path.join(OUT, "manifest.json")) && existsSync(path.joi
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 
+/** Single-quotes a string for sh. */
+const shellQuote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+
 describe("a hostile guest cannot steer the host's mounts through the shared directory", { skip: !built && "guest/out not built (run guest/build.sh)", timeout: 600_000 }, () => {
   let host: HostSnapshot;
   let ctrd: Containerd;
@@ -31,12 +34,23 @@ describe("a hostile guest cannot steer the host's mounts through the shared dire
   let runDir = "";
   let qemuPid = 0;
   const pod = uid("hostile");
-  // The sandbox container shares the VM's pid namespace (a namespace path is replaced by the VM's own),
-  // so guest root reaches the share as the agent mounted it: /mnt/cocoon of the guest's PID 1.
-  const share = "/proc/1/root/mnt/cocoon";
-
+  // Guest root, as a privileged container gets it: it points the guest kernel's core_pattern at a
+  // script in its own rootfs and crashes a process, and the kernel runs that script as root in the
+  // VM's own namespaces, where the agent mounted the share (/mnt/cocoon, the host's shared dir).
+  const share = "/mnt/cocoon";
+  let calls = 0;
   const guest = async (script: string) => {
-    const r = await ctrd.ctr(["task", "exec", "--exec-id", uid("g"), pod, "sh", "-c", script], { allowFail: true, timeoutMs: 60_000 });
+    const n = ++calls;
+    const inRootfs = `${share}/${pod}/rootfs`;
+    const out = (ext: string) => `${inRootfs}/r${n}.${ext}`;
+    const body = `#!/bin/sh\n( ${script} ) >${out("out")} 2>&1; echo $? >${out("tmp")}; mv ${out("tmp")} ${out("rc")}\n`;
+    const setup = [
+      `printf '%s' ${shellQuote(body)} >/x${n}.sh && chmod +x /x${n}.sh`,
+      `echo '|${inRootfs}/x${n}.sh' >/proc/sys/kernel/core_pattern`,
+      "ulimit -c unlimited; sh -c 'kill -SEGV $$'",
+      `i=0; while [ ! -f /r${n}.rc ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; cat /r${n}.out; exit $(cat /r${n}.rc)`,
+    ].join("\n");
+    const r = await ctrd.ctr(["task", "exec", "--exec-id", uid("g"), pod, "sh", "-c", setup], { allowFail: true, timeoutMs: 90_000 });
     assert.equal(r.code, 0, `guest script failed: ${script}\n${r.stdout}${r.stderr}`);
     return r.stdout;
   };
@@ -93,7 +107,7 @@ describe("a hostile guest cannot steer the host's mounts through the shared dire
     rt = ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", cfg];
     ctrd = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
     await importImage(ctrd, BUSYBOX_IMAGE);
-    await ctrd.ctr(["run", "-d", ...rt, "--privileged", "--with-ns", "pid:/proc/1/ns/pid", "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`,
+    await ctrd.ctr(["run", "-d", ...rt, "--privileged", "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`,
       BUSYBOX_IMAGE, pod, "sleep", "100000"], { timeoutMs: 180_000 });
     const state = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", pod, "cocoon-state.json"), "utf8"));
     runDir = state.runDir;
