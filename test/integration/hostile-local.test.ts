@@ -68,15 +68,15 @@ describe("a hostile local user", { timeout: 300_000 }, () => {
     host = await snapshotHost();
     await user.create();
     dir = mkdtempSync(path.join(os.tmpdir(), "cocoon-hostile-"));
-    // What /tmp is on a real node: world-writable and sticky. containerd's unit sets no TMPDIR, so the
-    // shim sees /tmp; here the same kind of directory is the shim's TMPDIR.
-    trapDir = path.join(dir, "tmp");
-    mkdirSync(trapDir);
-    chmodSync(trapDir, 0o1777);
     chmodSync(dir, 0o755);
     writeFileSync(path.join(dir, "pod.toml"), `mode = "runc"\n[runc]\nroot = "${dir}/runc"\n`);
     writeFileSync(path.join(dir, "node.toml"), `mode = "runc"\ngrouping = "node"\n[runc]\nroot = "${dir}/runc"\n`);
-    ctrd = await startContainerd({ env: { COCOON_CONFIG: path.join(dir, "pod.toml"), TMPDIR: trapDir }, pathPrepend: [path.join(repoRoot, "bin")] });
+    ctrd = await startContainerd({ env: { COCOON_CONFIG: path.join(dir, "pod.toml") }, pathPrepend: [path.join(repoRoot, "bin")] });
+    // containerd hands its shims TMPDIR = its `temp` dir (the harness's <dir>/tmp). Here it is made what
+    // /tmp is on a real node, where containerd's unit sets no TMPDIR: world-writable and sticky.
+    trapDir = path.join(ctrd.dir, "tmp");
+    chmodSync(ctrd.dir, 0o711);
+    chmodSync(trapDir, 0o1777);
     await importImage(ctrd, BUSYBOX_IMAGE);
   });
 
@@ -108,7 +108,8 @@ describe("a hostile local user", { timeout: 300_000 }, () => {
     assert.equal(trapReader.exitCode, null, "the launcher opened the user's FIFO");
     assert.equal(readFileSync(path.join(trapDir, "caught"), "utf8"), "");
     // Nothing of the launcher's landed in the world-writable dir.
-    assert.deepEqual(readdirSync(trapDir).filter((n) => !n.startsWith("cocoon-start.") && n !== "trap.fifo" && n !== "caught"), []);
+    const planted = new Set(["trap.fifo", "caught"]);
+    assert.deepEqual(readdirSync(trapDir).filter((n) => /cocoon/.test(n) && !n.startsWith("cocoon-start.") && !planted.has(n)), []);
   });
 
   it("finds the shim's run dir root's alone and cannot write to it", async () => {
