@@ -8,19 +8,14 @@ import { createHash } from "node:crypto";
 import { lstatSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { procStat } from "../sys/procstat.js";
-import { assertPrivateDir, ensurePrivateDir, readStateFileOrUndefined, writeStateFile } from "./statefs.js";
+import { ensurePrivateDir, isPrivateDir, readStateFileOrUndefined, writeStateFile } from "./statefs.js";
 
 /** Root's alone (0700, checked): the launcher trusts what it finds here only after checking that too. */
 export const RUN_DIR = process.env["COCOON_RUN_DIR"] || "/run/cocoon";
 
 /** Whether RUN_DIR exists and is root's alone (nothing in it can be another user's). */
 export function runDirTrusted(): boolean {
-  try {
-    assertPrivateDir(RUN_DIR);
-    return true;
-  } catch {
-    return false;
-  }
+  return isPrivateDir(RUN_DIR);
 }
 
 /** Creates or checks RUN_DIR and one of its subdirectories; throws UnsafePathError if either is not root's alone. */

@@ -39,6 +39,16 @@ export function assertPrivateDir(dir: string) {
   }
 }
 
+/** assertPrivateDir as a yes/no: for scanning a shared directory such as /tmp for root's own entries. */
+export function isPrivateDir(dir: string): boolean {
+  try {
+    assertPrivateDir(dir);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Creates `dir` (0700 for each new component) if need be, makes a root-owned one that an older
  * version left group/world-readable private, and checks it with assertPrivateDir.

@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { runCommand } from "../install/host.js";
+import { isPrivateDir } from "../../shim/statefs.js";
 
 /** Debian's containernetworking-plugins. */
 export const CNI_PLUGIN_DIR = "/usr/lib/cni";
@@ -88,6 +89,7 @@ export function labSubnets(exceptConfDir?: string): string[] {
   }
   for (const n of names) {
     if (!LAB_DIR_PREFIXES.some((p) => n.startsWith(p))) continue;
+    if (!isPrivateDir(join(tmpdir(), n))) continue;
     const confDir = join(tmpdir(), n, "cni", "conf");
     if (confDir === exceptConfDir) continue;
     try {

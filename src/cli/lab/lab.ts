@@ -4,6 +4,7 @@
 // down again, by force where a clean shutdown did not finish.
 import { canConnect } from "../../shim/address.js";
 import { sweepSpares } from "../../shim/spare-pool.js";
+import { isPrivateDir } from "../../shim/statefs.js";
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -226,6 +227,8 @@ export async function sweepStaleLabs(): Promise<string[]> {
   for (const name of listDir(tmpdir())) {
     if (!name.startsWith(LAB_DIR_PREFIX)) continue;
     const dir = join(tmpdir(), name);
+    // Another user can make a directory of that name in /tmp: only one mkdtemp made for root counts.
+    if (!isPrivateDir(dir)) continue;
     let owner: number;
     try {
       owner = Number(readFileSync(join(dir, OWNER_FILE), "utf8").trim());
