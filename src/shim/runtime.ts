@@ -28,7 +28,10 @@ export interface CreateRequest {
   spec: OciSpec;
   /** Per-container OCI runtime settings from containerd's runc options (BinaryName, Root, ...). */
   runcOverrides: Partial<RuncConfig>;
-  /** Host uid/gid to own the stdio the shim hands the container's processes (runc options IoUid/IoGid). */
+  /**
+   * Host uid/gid to own the stdio the shim hands the container's processes (runc options IoUid/IoGid).
+   * Only runc mode has any: in vm mode the processes' stdio are the agent's pipes inside the guest.
+   */
   ioOwner?: IoOwner;
 }
 
