@@ -3,7 +3,7 @@ import { Command } from "commander";
 import { installCommand, uninstallCommand } from "./install/command.js";
 import { checkCommand } from "./check.js";
 import { demoCommand } from "./demo.js";
-import { podCommand } from "./pod.js";
+import { podCommand } from "./pod/index.js";
 
 const program = new Command();
 program.name("cocoon").description("Cocoon: a containerd shim v2 runtime (runc mode and VM-per-pod mode)").version("0.1.0");

@@ -33,7 +33,6 @@ export interface VmConfig {
   memoryMiB: number;
   bootTimeoutSec: number;
   kernelParams: string;
-  sharedFs: "9p" | "virtio-fs";
   /** TCG translated-code cache per VM, MiB (0 = QEMU's default, which is far larger). */
   tcgCacheMiB: number;
   /** Per-sandbox run directories (sockets, console logs, shared dirs), the KVM probe cache and the VM templates. */
@@ -82,7 +81,6 @@ export function defaultConfig(): CocoonConfig {
       memoryMiB: 512,
       bootTimeoutSec: 60,
       kernelParams: "",
-      sharedFs: "9p",
       stateDir: "/run/cocoon/vm",
       tcgCacheMiB: 64,
       template: true,
@@ -156,12 +154,17 @@ export function parseConfig(text: string, where: string): CocoonConfig {
     memoryMiB: pick(vm, "memory_mib", "number", where, cfg.vm.memoryMiB),
     bootTimeoutSec: pick(vm, "boot_timeout_sec", "number", where, cfg.vm.bootTimeoutSec),
     kernelParams: pick(vm, "kernel_params", "string", where, cfg.vm.kernelParams),
-    sharedFs: oneOf(pick(vm, "shared_fs", "string", where, cfg.vm.sharedFs), ["9p", "virtio-fs"] as const, "vm.shared_fs", where),
     stateDir: pick(vm, "state_dir", "string", where, cfg.vm.stateDir),
     tcgCacheMiB: pick(vm, "tcg_cache_mib", "number", where, cfg.vm.tcgCacheMiB),
     template: pick(vm, "template", "boolean", where, cfg.vm.template),
     templateMax: pick(vm, "template_max", "number", where, cfg.vm.templateMax),
   };
+  // vm.shared_fs used to offer virtio-fs, which was never built (Debian 12 has no virtiofsd): 9p is the only
+  // shared file system. Files written when the key existed still load; any other value asked for something
+  // that never worked.
+  if ("shared_fs" in vm && vm["shared_fs"] !== "9p") {
+    throw invalidArgument(`config ${where}: vm.shared_fs is no longer an option (the pod's files are always shared over 9p); remove it, got ${JSON.stringify(vm["shared_fs"])}`);
+  }
   intIn(cfg.vm.vcpus, "vm.vcpus", 1, 255, where);
   intIn(cfg.vm.templateMax, "vm.template_max", 1, 64, where);
   intIn(cfg.vm.memoryMiB, "vm.memory_mib", 64, 1 << 20, where);

@@ -28,6 +28,20 @@ export interface CreateRequest {
   spec: OciSpec;
   /** Per-container OCI runtime settings from containerd's runc options (BinaryName, Root, ...). */
   runcOverrides: Partial<RuncConfig>;
+  /**
+   * Host uid/gid to own the stdio the shim hands the container's processes (runc options IoUid/IoGid).
+   * Only runc mode has any: in vm mode the processes' stdio are the agent's pipes inside the guest.
+   */
+  ioOwner?: IoOwner;
+}
+
+/**
+ * With a user namespace the container's root is an unprivileged host uid, which cannot reopen its own
+ * stdio (`echo > /dev/stdout` opens /proc/self/fd/1) while the pipe or FIFO behind it is root's.
+ */
+export interface IoOwner {
+  uid: number;
+  gid: number;
 }
 
 export interface ExecRequest {

@@ -2,12 +2,12 @@
 // (file://), or a logging binary (binary://). Without a terminal the process gets the FIFOs
 // themselves, so output flows to containerd without passing through the shim. With a terminal the
 // shim copies between the FIFOs and the pty master that the OCI runtime hands over.
-import { closeSync, constants as C, mkdirSync, openSync } from "node:fs";
+import { closeSync, constants as C, fchownSync, fstatSync, mkdirSync, openSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import tty from "node:tty";
 import { invalidArgument } from "./errors.js";
-import type { Stdio } from "./runtime.js";
+import type { IoOwner, Stdio } from "./runtime.js";
 import { spawnChild } from "../sys/children.js";
 import type { ChildProcess } from "node:child_process";
 import type { Sys } from "../sys/types.js";
@@ -64,6 +64,8 @@ export interface IoContext {
   id: string;
   namespace: string;
   sys: Sys;
+  /** Who gets the process's FIFO and pipe fds (containerd's IoUid/IoGid); absent: they stay root's. */
+  owner?: IoOwner;
 }
 
 export class ProcessIO {
@@ -112,6 +114,7 @@ export class ProcessIO {
     }
     const [out, err] = await this.outputFds(target, ctx);
     this.child = [stdin >= 0 ? stdin : devNull(), out, err];
+    if (ctx.owner) giveFifos(this.child, ctx.owner);
   }
 
   private async outputFds(target: OutputTarget, ctx: IoContext): Promise<[number, number]> {
@@ -263,6 +266,16 @@ export class ProcessIO {
       setTimeout(() => l.exitCode === null && l.kill("SIGKILL"), 12_000).unref();
     }
   }
+}
+
+/**
+ * Chowns the FIFOs and pipes among the process's stdio fds, so that a user-namespaced process can reopen
+ * them through /proc/self/fd. /dev/null needs nothing, and a file:// log stays its owner's: the process
+ * writes to the fd it was given but cannot reopen the file (runc-v2 copies through a pipe there; Cocoon
+ * hands over the file itself).
+ */
+function giveFifos(fds: readonly number[], owner: IoOwner) {
+  for (const fd of fds) if (fstatSync(fd).isFIFO()) fchownSync(fd, owner.uid, owner.gid);
 }
 
 function openFifoReaderNonBlocking(p: string): { reader: number; heldWriter: number } {

@@ -2,15 +2,16 @@
 // layer (frames, options, specs, ids) gets the right status code, and the daemon keeps serving.
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync, constants } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync, constants } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AnySchema } from "@bufbuild/protobuf/wkt";
 import { Task } from "../../src/gen/containerd/task/v2/shim_pb.js";
 import { MetricsSchema } from "../../src/gen/cgroups/v1/metrics_pb.js";
+import { OptionsSchema as RuncOptionsSchema } from "../../src/gen/containerd/runc/options/oci_pb.js";
 import { Code, TtrpcClient, TtrpcError } from "../../src/ttrpc/index.js";
 import { encodeFrame, MessageType } from "../../src/ttrpc/frame.js";
 import { repoRoot, waitFor } from "../helpers/util.js";
@@ -139,6 +140,45 @@ describe("our shim over raw TTRPC", { timeout: 120_000 }, () => {
     await assert.rejects(task.create({ id: "rel", bundle: "relative/path" }), hasCode(Code.INVALID_ARGUMENT));
     await assert.rejects(task.state({ id: "norootfs" }), hasCode(Code.NOT_FOUND));
     assert.equal(spawnSync("runc", ["--root", `${dir}/runc/default`, "state", "norootfs"]).status, 1);
+  });
+
+  it("IoUid/IoGid of the Create options let a user-namespaced container reopen its stdio (as runc-v2's do)", async () => {
+    // The container's root is host uid 100000 here: it has to be able to reach its rootfs.
+    chmodSync(dir, 0o711);
+    const HOST_ID = 100_000;
+    const run = async (id: string, ioOwner: boolean) => {
+      const b = bundle(id);
+      const spec = JSON.parse(readFileSync(path.join(b, "config.json"), "utf8"));
+      // What `echo > /dev/stdout` does: open the stdout FIFO anew through /proc.
+      spec.process.args = ["sh", "-c", "echo reopened > /proc/self/fd/1"];
+      spec.linux.namespaces.push({ type: "user" });
+      spec.linux.uidMappings = [{ containerID: 0, hostID: HOST_ID, size: 65536 }];
+      spec.linux.gidMappings = [{ containerID: 0, hostID: HOST_ID, size: 65536 }];
+      writeFileSync(path.join(b, "config.json"), JSON.stringify(spec));
+      // Root's and private, as containerd makes its FIFOs.
+      const stdout = path.join(b, "stdout");
+      execFileSync("mkfifo", ["-m", "0600", stdout]);
+      // Read-write, as the first test's log: a reader that sees no EOF before the container has opened it.
+      const reader = new net.Socket({ fd: openSync(stdout, constants.O_RDWR | constants.O_NONBLOCK), readable: true, writable: false });
+      let got = "";
+      reader.on("data", (d) => (got += d));
+      const options = ioOwner
+        ? create(AnySchema, { typeUrl: "containerd.runc.v1.Options", value: toBinary(RuncOptionsSchema, create(RuncOptionsSchema, { ioUid: HOST_ID, ioGid: HOST_ID })) })
+        : undefined;
+      try {
+        await task.create({ id, bundle: b, stdout, options });
+        await task.start({ id });
+        const { exitStatus } = await task.wait({ id });
+        await task.delete({ id });
+        if (exitStatus === 0) await waitFor(() => got.includes("\n"), { timeoutMs: 5000, what: "the container's line" });
+        return { exitStatus, got };
+      } finally {
+        reader.destroy();
+      }
+    };
+    // Without the options the FIFO stays root's and the reopen is refused, as it would be under runc-v2.
+    assert.equal((await run("userns-plain", false)).exitStatus, 1);
+    assert.deepEqual(await run("userns-owned", true), { exitStatus: 0, got: "reopened\n" });
   });
 
   it("a full lifecycle with Update, Stats, exec errors and a second Delete", async () => {

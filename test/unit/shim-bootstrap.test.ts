@@ -81,6 +81,18 @@ test("config: defaults, validation, unknown keys are errors", () => {
   assert.throws(() => parseConfig("mode = ", "t.toml"), (e: ShimError) => e.kind === "InvalidArgument");
 });
 
+test("config: vm.shared_fs is gone, but an old file's shared_fs = \"9p\" still loads", () => {
+  const c = parseConfig('mode = "vm"\n[vm]\nshared_fs = "9p"\n', "old.toml");
+  assert.equal(c.mode, "vm");
+  assert.ok(!("sharedFs" in c.vm));
+  for (const v of ['"virtio-fs"', '"9P"', "9"]) {
+    assert.throws(
+      () => parseConfig(`[vm]\nshared_fs = ${v}\n`, "t.toml"),
+      (e: ShimError) => e.kind === "InvalidArgument" && /vm\.shared_fs is no longer an option .*9p/.test(e.message),
+    );
+  }
+});
+
 test("config: spare_daemons defaults to one, 0 disables, anything but a small integer is an error", () => {
   assert.equal(defaultConfig().spareDaemons, 1);
   assert.equal(parseConfig("", "t.toml").spareDaemons, 1);

@@ -1,10 +1,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseMountOptions, MS } from "../../src/shim/mount.js";
-import { parseOutputTarget } from "../../src/shim/stdio.js";
+import { parseOutputTarget, ProcessIO } from "../../src/shim/stdio.js";
+import { FakeSys } from "../../src/sys/fake.js";
 import { cgroupRelPath } from "../../src/runtime/runc/cgroups.js";
 import { lastLoggedError } from "../../src/runtime/runc/cli.js";
-import { writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { fstatSync, statSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
@@ -23,6 +25,38 @@ test("stdio targets: FIFOs, file://, binary://, none", () => {
   assert.deepEqual(parseOutputTarget({ ...base, stdout: "file:///var/log/c.log" }), { kind: "file", path: "/var/log/c.log" });
   assert.deepEqual(parseOutputTarget({ ...base, stdout: "binary:///usr/bin/logger?foo=bar" }), { kind: "binary", path: "/usr/bin/logger", args: ["foo", "bar"] });
   assert.throws(() => parseOutputTarget({ ...base, stdout: "http://x/y" }), /unsupported stdio scheme/);
+});
+
+test("stdio owner (IoUid/IoGid): the process's FIFOs are chowned, files and /dev/null are not", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "cocoon-ioowner-"));
+  try {
+    for (const f of ["in", "out", "err"]) execFileSync("mkfifo", [path.join(dir, f)]);
+    const owner = { uid: 100_000, gid: 100_001 };
+    const ctx = { id: "c", namespace: "default", sys: new FakeSys(), owner };
+    const fifos = await ProcessIO.open({ stdin: path.join(dir, "in"), stdout: path.join(dir, "out"), stderr: path.join(dir, "err"), terminal: false }, ctx);
+    try {
+      for (const fd of fifos.childFds()) assert.deepEqual([fstatSync(fd).uid, fstatSync(fd).gid], [owner.uid, owner.gid]);
+    } finally {
+      fifos.close();
+    }
+    execFileSync("mkfifo", [path.join(dir, "plain")]);
+    const unowned = await ProcessIO.open({ stdin: "", stdout: path.join(dir, "plain"), stderr: "", terminal: false }, { ...ctx, owner: undefined });
+    unowned.close();
+    assert.equal(statSync(path.join(dir, "plain")).uid, 0, "without an owner the FIFOs stay root's");
+    const log = path.join(dir, "c.log");
+    const file = await ProcessIO.open({ stdin: "", stdout: `file://${log}`, stderr: "", terminal: false }, ctx);
+    try {
+      const [stdin, out, err] = file.childFds().map((fd) => fstatSync(fd));
+      assert.ok(stdin!.isCharacterDevice() && stdin!.uid === 0, "/dev/null stays root's");
+      assert.equal(out!.uid, 0);
+      assert.equal(err!.uid, 0);
+    } finally {
+      file.close();
+    }
+    assert.equal(statSync(log).uid, 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("cgroup paths: cgroupfs and systemd forms", () => {

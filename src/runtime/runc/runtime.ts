@@ -8,7 +8,7 @@ import { failedPrecondition, invalidArgument, notFound, unimplemented } from "..
 import { mountAll, unmountAll } from "../../shim/mount.js";
 import type { Reaper } from "../../sys/reaper.js";
 import type {
-  CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
+  CreateRequest, ExecRequest, IoOwner, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
 } from "../../shim/runtime.js";
 import { ProcessIO } from "../../shim/stdio.js";
 import type { FdReceiver, Sys } from "../../sys/types.js";
@@ -38,6 +38,8 @@ interface ContainerRec {
   cgroup: CgroupPaths;
   stopOom: () => void;
   criu: string;
+  /** Owner of the stdio of the container's processes, its execs' too (runc options IoUid/IoGid). */
+  ioOwner: IoOwner | undefined;
 }
 
 /** runc hands the pty master over this socket: in root's own run dir, never in a shared /tmp. */
@@ -90,7 +92,7 @@ export class RuncRuntime implements Runtime {
       } else if (!existsSync(rootfs) || readdirSync(rootfs).length === 0) {
         throw invalidArgument(`bundle ${req.bundle} has no rootfs: no mounts were given and ${rootfs} is missing or empty`);
       }
-      const io = await ProcessIO.open(req.stdio, { id: req.id, namespace: req.namespace, sys: this.sys });
+      const io = await ProcessIO.open(req.stdio, { id: req.id, namespace: req.namespace, sys: this.sys, owner: req.ioOwner });
       cleanups.push(() => io.close());
       let receiver: FdReceiver | undefined;
       const args = ["--bundle", req.bundle, "--pid-file", path.join(req.bundle, "init.pid")];
@@ -113,7 +115,7 @@ export class RuncRuntime implements Runtime {
       const cgroup = new CgroupPaths(cgroupRelPath(req.spec.linux?.cgroupsPath, req.id));
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
-        cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath,
+        cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner: req.ioOwner,
       };
       rec.stopOom = cgroup.watchOom(this.sys, () => this.ctx.events.oom(req.id));
       const state: RuncBundleState = { mode: "runc", binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
@@ -185,7 +187,7 @@ export class RuncRuntime implements Runtime {
     const specFile = path.join(c.bundle, `exec-${req.execId}.json`);
     writeFileSync(specFile, JSON.stringify(proc));
     try {
-      const io = await ProcessIO.open(req.stdio, { id: req.execId, namespace: c.namespace, sys: this.sys });
+      const io = await ProcessIO.open(req.stdio, { id: req.execId, namespace: c.namespace, sys: this.sys, owner: c.ioOwner });
       c.execs.set(req.execId, { io, pid: 0, specFile, terminal: req.stdio.terminal });
     } catch (err) {
       rmSync(specFile, { force: true });
