@@ -1,9 +1,9 @@
 // Stand-ins for QEMU and the guest agent, for unit tests of the sandbox and container logic without
 // root, KVM or a guest: the test decides when a VM exits and how the agent answers each call.
+import path from "node:path";
 import { Code, TtrpcError } from "../../ttrpc/index.js";
 import type { AgentApi, AgentLink, ConnectAgent } from "./agent.js";
 import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
-import path from "node:path";
 
 type Exit = { code: number | null; signal: string | null };
 
