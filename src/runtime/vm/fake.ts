@@ -89,7 +89,10 @@ export class FakeAgent {
   };
 
   constructor() {
-    this.api = new Proxy({} as AgentApi, { get: (_t, method: string) => (req: unknown) => this.call(method as keyof AgentApi, req) });
+    // Every name is an RPC, except "then": the API must not look like a promise to `await`.
+    this.api = new Proxy({} as AgentApi, {
+      get: (_t, method) => (typeof method !== "string" || method === "then" ? undefined : (req: unknown) => this.call(method as keyof AgentApi, req)),
+    });
     this.link = {
       agent: this.api,
       close: () => this.hangUp(),
