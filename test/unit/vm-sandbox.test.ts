@@ -76,6 +76,7 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
   let config: CocoonConfig;
   let lines: Line[];
   let exits: Array<{ ref: ProcessRef; pid: number; exit: ExitInfo }>;
+  let ooms: string[];
   let hv: FakeHypervisor;
   let net: FakeNetworking;
   let agents: FakeAgent[];
@@ -91,6 +92,7 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
     config.vm = { ...config.vm, kernel: path.join(tmp, "vmlinuz"), initrd: path.join(tmp, "initrd"), rootfs: "", accel: "tcg", template: false, bootTimeoutSec: 5, stateDir };
     lines = [];
     exits = [];
+    ooms = [];
     hv = new FakeHypervisor();
     net = new FakeNetworking();
     prepareAgent = () => {};
@@ -99,7 +101,7 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
     const ctx: RuntimeContext = {
       config,
       log: new RecordingLogger(lines),
-      events: { exited: (ref, pid, exit) => exits.push({ ref, pid, exit }), oom: () => {} },
+      events: { exited: (ref, pid, exit) => exits.push({ ref, pid, exit }), oom: (id) => ooms.push(id) },
     };
     rt = new VmRuntime(ctx, new FakeSys(), hv, stateDir, { connect: fc.connect, networking: net });
   });
@@ -153,6 +155,16 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
     assert.ok(net.calls.includes("forwarder closed"));
     assertReleased("p1");
     assert.equal(exits.length, 0, "a delete is not a death");
+  });
+
+  it("the guest's OOM events reach the container's task", async () => {
+    let n = 0;
+    prepareAgent = (a) => (a.answers.nextOomEvent = () => (n++ === 0 ? { containerId: "p1" } : pending()));
+    await rt.create(request("p1"));
+    await until("the OOM event", () => ooms.length > 0);
+    assert.deepEqual(ooms, ["p1"]);
+    await rt.shutdown();
+    assertReleased("p1");
   });
 
   it("a VMM that fails to start leaves nothing: run dir removed, tap torn down", async () => {
