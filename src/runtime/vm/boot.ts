@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { TtrpcClient } from "../../ttrpc/index.js";
-import { agentApi } from "./agent.js";
+import { agentLink, type AgentLink, type ConnectAgent } from "./agent.js";
 import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
 
 /** Connects to the agent's socket as soon as QEMU has made it; fails if QEMU exits or time runs out. */
@@ -21,6 +21,9 @@ export async function connectAgent(vm: VmHandle, timeoutMs: number): Promise<Ttr
     }
   }
 }
+
+/** The agent of a QEMU VM: its virtio-serial socket, as soon as QEMU has made it. */
+export const connectQemuAgent: ConnectAgent = async (vm, timeoutMs): Promise<AgentLink> => agentLink(await connectAgent(vm, timeoutMs));
 
 /** The last `lines` lines of a log file (console, QEMU's stderr); undefined when it cannot be read. */
 export function lastLines(file: string, lines: number): string | undefined {
@@ -50,14 +53,14 @@ function agentSawHangUp(consoleLog: string): boolean {
  * agent has seen the hang-up, so that every clone starts with an agent waiting for a new host.
  * QEMU is gone when this returns or throws.
  */
-export async function buildTemplate(h: Hypervisor, spec: VmSpec, deadline: number): Promise<void> {
+export async function buildTemplate(h: Hypervisor, connect: ConnectAgent, spec: VmSpec, deadline: number): Promise<void> {
   const vm = await h.start(spec);
   try {
-    const client = await connectAgent(vm, deadline - Date.now());
+    const link = await connect(vm, deadline - Date.now());
     try {
-      await agentApi(client).health({}, { timeoutMs: Math.max(1000, deadline - Date.now()) });
+      await link.agent.health({}, { timeoutMs: Math.max(1000, deadline - Date.now()) });
     } finally {
-      client.close();
+      link.close();
     }
     while (!agentSawHangUp(vm.consoleLog)) {
       if (Date.now() > deadline) throw new Error("the template's agent did not see the host hang up");

@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import type { BundleState } from "../../shim/delete.js";
 import type { Sys } from "../../sys/types.js";
 import { teardownTap } from "./network.js";
-import type { VmBundleState } from "./runtime.js";
+import type { VmBundleState } from "./containers.js";
 import { unshareAll, unshareContainer } from "./sharedfs.js";
 
 function isQemu(pid: number): boolean {
