@@ -31,6 +31,15 @@ export async function startCriLab(handler: string, cocoonConfigPath: string, coc
   return { ctrd, cri };
 }
 
+/** The vm-mode Cocoon config the CRI vm suites share: the repo's guest assets, state in `cfgDir`. */
+export function vmLabConfig(cfgDir: string): string {
+  const out = path.join(repoRoot, "guest", "out");
+  return [
+    'mode = "vm"', 'grouping = "pod"', "[vm]", `kernel = "${out}/vmlinux"`, `initrd = "${out}/initramfs-9p.cpio.zst"`,
+    `rootfs = "${out}/rootfs.erofs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
+  ].join("\n");
+}
+
 /** Pids of QEMU processes on the host (VM tests count them before and after). */
 export function qemuPids(): number[] {
   return readdirSync("/proc").filter((p) => /^\d+$/.test(p)).map(Number).filter((p) => {

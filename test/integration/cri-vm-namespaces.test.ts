@@ -13,7 +13,7 @@ import { toCriConfigs, validatePodSpec, type CriPod } from "../../src/cli/cri/po
 import { removeAllPods, removePod, startPod, type RunningPod } from "../../src/cli/lab/pod.js";
 import { ContainerConfigSchema, MountPropagation } from "../../src/gen/cri/runtime/v1/api_pb.js";
 import type { Containerd } from "../helpers/containerd.js";
-import { qemuPids, startCriLab } from "../helpers/cri.js";
+import { qemuPids, startCriLab, vmLabConfig } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE, pauseImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, run } from "../helpers/util.js";
@@ -79,10 +79,7 @@ describe("CRI: a vm pod's namespaces", { skip: !built && "guest/out not built (r
   before(async () => {
     host = await snapshotHost();
     cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
-    ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), [
-      'mode = "vm"', 'grouping = "pod"', "[vm]", `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`,
-      `rootfs = "${OUT}/rootfs.erofs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
-    ].join("\n"), 180_000));
+    ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), vmLabConfig(cfgDir), 180_000));
     own = await runPod("own-pid", ["exec sleep 6001", "exec sleep 6002"], { sysctls: SYSCTLS });
     shared = await runPod("shared-pid", ["exec sleep 7001", "exec sleep 7002"], { shareProcessNamespace: true });
   });

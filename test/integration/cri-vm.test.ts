@@ -10,7 +10,7 @@ import { forwardOnce } from "../../src/cli/cri/portforward.js";
 import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
 import { readContainerLog, removeAllPods, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
 import type { Containerd } from "../helpers/containerd.js";
-import { qemuPids, startCriLab } from "../helpers/cri.js";
+import { qemuPids, startCriLab, vmLabConfig } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, run, waitFor } from "../helpers/util.js";
@@ -64,10 +64,7 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
   before(async () => {
     host = await snapshotHost();
     cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
-    ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), [
-      'mode = "vm"', 'grouping = "pod"', "[vm]", `kernel = "${OUT}/vmlinux"`, `initrd = "${OUT}/initramfs-9p.cpio.zst"`,
-      `rootfs = "${OUT}/rootfs.erofs"`, 'accel = "auto"', "memory_mib = 384", "boot_timeout_sec = 150", `state_dir = "${cfgDir}/vm"`, "",
-    ].join("\n"), 180_000));
+    ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), vmLabConfig(cfgDir), 180_000));
   });
 
   after(async () => {
