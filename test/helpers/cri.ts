@@ -1,8 +1,10 @@
 // A private containerd with the CRI plugin, a CNI bridge, the local images, and one Cocoon runtime
 // handler whose Cocoon config is given as TOML text: what every CRI integration test starts from.
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { CriClient } from "../../src/cli/cri/client.js";
+import { removeAllPods } from "../../src/cli/lab/pod.js";
+import { assertNoLeaks, type HostSnapshot } from "./leaks.js";
 import { startContainerd, type Containerd } from "./containerd.js";
 import { BUSYBOX_IMAGE, importImage, importPauseImage, PAUSE_IMAGE } from "./image.js";
 import { repoRoot, waitFor } from "./util.js";
@@ -29,6 +31,17 @@ export async function startCriLab(handler: string, cocoonConfigPath: string, coc
     await waitFor(async () => (await cri.imageStatus({ image: { image } })).image, { timeoutMs: 20_000, what: `CRI to list ${image}` });
   }
   return { ctrd, cri };
+}
+
+/** Tears down what startCriLab made (every pod, the client, containerd), then `cfgDir`, and asserts nothing leaked. */
+export async function stopCriLab(lab: Partial<CriLab>, host: HostSnapshot, cfgDir: string | undefined): Promise<void> {
+  if (lab.cri) {
+    await removeAllPods(lab.cri, 60_000).catch(() => {});
+    lab.cri.close();
+  }
+  await lab.ctrd?.stop();
+  if (cfgDir) rmSync(cfgDir, { recursive: true, force: true });
+  await assertNoLeaks(host, { harness: lab.ctrd, graceMs: 10_000 });
 }
 
 /** The vm-mode Cocoon config the CRI vm suites share: the repo's guest assets, state in `cfgDir`. */

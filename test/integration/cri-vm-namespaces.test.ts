@@ -3,17 +3,17 @@
 // own unless the pod shares one, and none ever sees the guest agent. What only the host can give
 // (hostIPC, hostPID, bidirectional mount propagation) is refused before any VM boots.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { CriClient } from "../../src/cli/cri/client.js";
 import { toCriConfigs, validatePodSpec, type CriPod } from "../../src/cli/cri/pod-spec.js";
-import { removeAllPods, removePod, startPod, type RunningPod } from "../../src/cli/lab/pod.js";
+import { removePod, startPod, type RunningPod } from "../../src/cli/lab/pod.js";
 import { ContainerConfigSchema, MountPropagation } from "../../src/gen/cri/runtime/v1/api_pb.js";
 import type { Containerd } from "../helpers/containerd.js";
-import { qemuPids, startCriLab, vmLabConfig } from "../helpers/cri.js";
+import { qemuPids, startCriLab, stopCriLab, vmLabConfig } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE, pauseImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, run } from "../helpers/util.js";
@@ -84,15 +84,7 @@ describe("CRI: a vm pod's namespaces", { skip: !built && "guest/out not built (r
     shared = await runPod("shared-pid", ["exec sleep 7001", "exec sleep 7002"], { shareProcessNamespace: true });
   });
 
-  after(async () => {
-    if (cri) {
-      await removeAllPods(cri, 60_000).catch(() => {});
-      cri.close();
-    }
-    await ctrd?.stop();
-    if (cfgDir) rmSync(cfgDir, { recursive: true, force: true });
-    await assertNoLeaks(host, { harness: ctrd, graceMs: 10_000 });
-  });
+  after(() => stopCriLab({ ctrd, cri }, host, cfgDir));
 
   it("every app container sees the pod's sysctls, IPC and UTS namespaces (the sandbox's)", async () => {
     const probe = ["sh", "-c", "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts; hostname"];

@@ -1,18 +1,18 @@
 // The Kubernetes path in vm mode: containerd's CRI plugin runs pods on the `cocoon` handler, each pod in
 // its own QEMU VM (TCG here), with the pod's CNI network carried into the guest.
 import assert from "node:assert/strict";
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { CriClient } from "../../src/cli/cri/client.js";
 import { forwardOnce } from "../../src/cli/cri/portforward.js";
 import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
-import { readContainerLog, removeAllPods, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
+import { readContainerLog, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
 import type { Containerd } from "../helpers/containerd.js";
-import { qemuPids, startCriLab, vmLabConfig } from "../helpers/cri.js";
+import { qemuPids, startCriLab, stopCriLab, vmLabConfig } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
-import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
+import { snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, run, waitFor } from "../helpers/util.js";
 
 const HANDLER = "cocoon";
@@ -67,15 +67,7 @@ describe("CRI: pods in VMs on the cocoon handler", { skip: !built && "guest/out 
     ({ ctrd, cri } = await startCriLab(HANDLER, path.join(cfgDir, "cocoon-vm.toml"), vmLabConfig(cfgDir), 180_000));
   });
 
-  after(async () => {
-    if (cri) {
-      await removeAllPods(cri, 60_000).catch(() => {});
-      cri.close();
-    }
-    await ctrd?.stop();
-    if (cfgDir) rmSync(cfgDir, { recursive: true, force: true });
-    await assertNoLeaks(host, { harness: ctrd, graceMs: 10_000 });
-  });
+  after(() => stopCriLab({ ctrd, cri }, host, cfgDir));
 
   it("a two-container pod in one VM: guest kernel, logs, exec, stats, exit codes, read-only volume; pods reach each other", async () => {
     const vol = path.join(cfgDir, "vol");
