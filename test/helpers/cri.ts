@@ -8,6 +8,7 @@ import { assertNoLeaks, type HostSnapshot } from "./leaks.js";
 import { startContainerd, type Containerd } from "./containerd.js";
 import { BUSYBOX_IMAGE, importImage, importPauseImage, PAUSE_IMAGE } from "./image.js";
 import { repoRoot, waitFor } from "./util.js";
+import { criRuntimesToml } from "./modes.js";
 
 export interface CriLab {
   ctrd: Containerd;
@@ -16,12 +17,17 @@ export interface CriLab {
 
 export async function startCriLab(handler: string, cocoonConfigPath: string, cocoonConfig: string, defaultTimeoutMs = 30_000): Promise<CriLab> {
   writeFileSync(cocoonConfigPath, cocoonConfig);
-  const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${handler}`;
+  const mode = { name: "", handler, config: cocoonConfigPath, rt: [] };
+  return startCriLabWith(criRuntimesToml([mode]), defaultTimeoutMs);
+}
+
+/** The same with the runtimes given as containerd config (e.g. every mode's handler). */
+export async function startCriLabWith(runtimesToml: string, defaultTimeoutMs = 30_000): Promise<CriLab> {
   const ctrd = await startContainerd({
     cri: true,
     cni: true,
     pathPrepend: [path.join(repoRoot, "bin")],
-    extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cocoonConfigPath}"\n`,
+    extraConfig: runtimesToml,
   });
   await importPauseImage(ctrd);
   await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });

@@ -74,29 +74,6 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     assert.notEqual(r.stdout.trim(), os.release());
   });
 
-  it("exec: output, stderr, exit codes, stdin", async () => {
-    const r = await ctrd.ctr(["task", "exec", "--exec-id", "e1", pod, "sh", "-c", "echo out; echo err >&2; exit 4"], { allowFail: true, timeoutMs: 60_000 });
-    assert.equal(r.stdout, "out\n");
-    assert.equal(r.stderr, "err\n");
-    assert.equal(r.code, 4);
-  });
-
-  it("exec with a TTY", async () => {
-    const r = await new Promise<string>((resolve) => {
-      const cmd = `stty cols 90 rows 20; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${pod} sh -c 'sleep 2; stty size; [ -t 1 ] && echo tty-yes'`;
-      const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
-      let out = "";
-      child.stdout!.on("data", (d) => (out += d));
-      const t = setTimeout(() => child.kill("SIGKILL"), 60_000);
-      child.on("close", () => {
-        clearTimeout(t);
-        resolve(out);
-      });
-    });
-    assert.match(r, /20 90/);
-    assert.match(r, /tty-yes/);
-  });
-
   it("a second container of the pod runs in the same VM, sees a read-only volume as read-only", async () => {
     const vol = path.join(dir, "vol");
     mkdirSync(vol);
@@ -174,35 +151,6 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     assert.match(c.stderr, /guest root .*nope\/rootfs\.erofs is missing/);
   });
 
-  it("pause/resume and metrics reach the container in the guest (updates: cri-vm)", async () => {
-    const id = uid("res");
-    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/tick.new; mv /tmp/tick.new /tmp/tick; sleep 0.2; done"], { timeoutMs: 120_000 });
-    const status = async () => (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? "";
-    await waitFor(async () => /RUNNING/.test(await status()), { timeoutMs: 30_000, what: "running" });
-    await ctrd.ctr(["task", "pause", id], { timeoutMs: 30_000 });
-    assert.match(await status(), /PAUSED/);
-    await waitFor(() => eventLog.includes("/tasks/paused"), { timeoutMs: 10_000, what: "TaskPaused" });
-    const tick = async () => (await ctrd.ctr(["task", "exec", "--exec-id", `t${++seq}`, id, "cat", "/tmp/tick"], { timeoutMs: 60_000 })).stdout;
-    await ctrd.ctr(["task", "resume", id], { timeoutMs: 30_000 });
-    await waitFor(() => eventLog.includes("/tasks/resumed"), { timeoutMs: 10_000, what: "TaskResumed" });
-    assert.match(await status(), /RUNNING/);
-    // The loop writes its counter with a rename, so a read never sees a half-written file.
-    const t1 = await tick();
-    assert.match(t1, /^\d+\n$/);
-    await sleep(1500);
-    const t2 = await tick();
-    assert.ok(Number(t2) > Number(t1), `the loop runs again after resume (${t1.trim()} then ${t2.trim()})`);
-    const m = await ctrd.ctr(["task", "metrics", "--format", "json", id], { timeoutMs: 60_000 });
-    const metrics = JSON.parse(m.stdout);
-    // cgroup v2 metrics from the guest (crun drives cgroup v2 there).
-    assert.ok(metrics.pids?.current >= 1 || metrics.Pids?.current >= 1, m.stdout.slice(0, 400));
-    assert.ok((metrics.memory?.usage ?? metrics.Memory?.usage) > 0, m.stdout.slice(0, 400));
-    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
-    await waitFor(async () => /STOPPED/.test(await status()), { timeoutMs: 30_000, what: "stopped" });
-    await ctrd.ctr(["task", "rm", id]);
-    await ctrd.ctr(["container", "rm", id]);
-  });
-
   it("memory the guest frees goes back to the host (free page reporting)", async () => {
     const state = JSON.parse(readFileSync(path.join(ctrd.state, "io.containerd.runtime.v2.task", "default", pod, "cocoon-state.json"), "utf8"));
     const ram = () => guestRamRssMiB(state.qemuPid, 512);
@@ -218,17 +166,6 @@ describe("vm mode through containerd and ctr", { skip: !built && "guest/out not 
     assert.ok(peak >= before + 100, `guest RAM resident ${before} MiB before, ${peak} MiB while allocated`);
     await exited;
     await waitFor(() => ram() <= peak - 100, { timeoutMs: 60_000, intervalMs: 1000, what: `guest RAM to drop from ${peak} MiB (now ${ram()} MiB)` });
-  });
-
-  it("signals reach the container in the guest", async () => {
-    const id = uid("sig");
-    await ctrd.ctr(["run", "-d", ...rt, "--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, BUSYBOX_IMAGE, id, "sh", "-c", "trap 'echo got-term; exit 42' TERM; while true; do sleep 1; done"], { timeoutMs: 120_000 });
-    await waitFor(async () => /RUNNING/.test((await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? ""), { timeoutMs: 30_000, what: "running" });
-    await sleep(1000);
-    await ctrd.ctr(["task", "kill", "-s", "SIGTERM", id]);
-    await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/exit") && l.includes(id) && l.includes("exit_status\":42")), { timeoutMs: 30_000, what: "exit 42 after SIGTERM" });
-    await ctrd.ctr(["task", "rm", id]);
-    await ctrd.ctr(["container", "rm", id]);
   });
 
   it("a guest kernel panic ends the pod's tasks and leaves nothing", async () => {

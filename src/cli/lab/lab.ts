@@ -93,7 +93,7 @@ export function guestAssetDir(sourceRoot: string): string {
  * Writes the handler's shipped config as `cocoon install` would (guest assets located), with the runtime
  * state inside this private instance, after checking that the shim will accept it.
  */
-function writeCocoonConfig(sourceRoot: string, dir: string, handler: HandlerName, debug: boolean): string {
+export function writeCocoonConfig(sourceRoot: string, dir: string, handler: HandlerName, debug: boolean): string {
   const name = HANDLERS[handler]!.file;
   const doc = parseToml(shippedConfig(sourceRoot, name, guestAssetDir(sourceRoot))) as Record<string, unknown>;
   const section = (key: string) => (doc[key] ??= {}) as Record<string, unknown>;

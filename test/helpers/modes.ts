@@ -1,0 +1,40 @@
+// Every registered runtime mode, ready for a behaviour test that must hold in all of them: each mode's
+// shipped config (deploy/config), with its state inside a private dir, as the lab writes it.
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { MODES } from "../../src/runtime/modes.js";
+import { writeCocoonConfig } from "../../src/cli/lab/lab.js";
+import { repoRoot } from "./util.js";
+
+export interface ModeUnderTest {
+  /** The config's mode name (runc, vm, ...). */
+  name: string;
+  /** Its RuntimeClass handler, for CRI tests. */
+  handler: string;
+  /** The Cocoon config file written for it. */
+  config: string;
+  /** `ctr run` / `ctr task` runtime flags that select it. */
+  rt: string[];
+}
+
+/** Writes one config per registered mode into `dir` (root-private, e.g. from mkdtemp). */
+export function modesUnderTest(dir: string, debug = true): ModeUnderTest[] {
+  mkdirSync(path.join(dir, "cocoon"), { recursive: true, mode: 0o700 });
+  return MODES.map((m) => {
+    const config = writeCocoonConfig(repoRoot, dir, m.handler, debug);
+    return { name: m.name, handler: m.handler, config, rt: ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", config] };
+  });
+}
+
+/** ctr annotations that make a container the sandbox of pod `pod`, or a member of it (as the CRI plugin marks them). */
+export function podAnnotations(pod: string, role: "sandbox" | "container"): string[] {
+  return ["--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, "--annotation", `io.kubernetes.cri.container-type=${role}`];
+}
+
+/** containerd config registering each mode's handler with the CRI plugin, as `cocoon install` does. */
+export function criRuntimesToml(modes: ModeUnderTest[]): string {
+  return modes.map((m) => {
+    const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${m.handler}`;
+    return `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${m.config}"\n`;
+  }).join("");
+}
