@@ -1,13 +1,13 @@
 // `cocoon check`: is this node ready to run Cocoon pods? One line per prerequisite with OK/WARN/FAIL and,
 // when not OK, what to do about it. Everything the checks look at goes through CheckEnv so that the
 // decisions can be tested with a fake node.
-import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { parse as parseToml } from "smol-toml";
 import { defaultConfig, parseConfig, type CocoonConfig } from "../shim/config.js";
-import { kvmDeviceProblem, probeAccel, type AccelProbe } from "../runtime/vm/kvm.js";
+import { hostDevices, kvmDeviceProblem, probeAccel, type AccelProbe } from "../runtime/vm/kvm.js";
 import { isTemplateKey } from "../runtime/vm/template.js";
 import { CRI_PLUGIN, RUNTIME_TYPE, criRuntimes, type RegisteredRuntime } from "./install/containerd-config.js";
 import { runCommand, type Runner } from "./install/host.js";
@@ -73,14 +73,7 @@ export const realEnv: CheckEnv = {
       return undefined;
     }
   },
-  openRW: (p) => {
-    try {
-      closeSync(openSync(p, constants.O_RDWR));
-      return "";
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code ?? String(err);
-    }
-  },
+  openRW: hostDevices.openRW,
   loadKoffi: async () => {
     const mod = (await import("koffi")) as { default?: { version?: string }; version?: string };
     const version = mod.version ?? mod.default?.version;

@@ -38,13 +38,14 @@ const KVM_TIMEOUT_MS = 8000;
 const TCG_TIMEOUT_MS = 60_000;
 
 /** Why /dev/kvm cannot be used, or undefined when it opens read-write (what QEMU does first). */
-export function kvmDeviceProblem(dev: { exists(p: string): boolean; openRW(p: string): string } = realDevice): { problem: "absent" | "denied"; reason: string } | undefined {
+export function kvmDeviceProblem(dev: { exists(p: string): boolean; openRW(p: string): string } = hostDevices): { problem: "absent" | "denied"; reason: string } | undefined {
   if (!dev.exists(KVM_DEVICE)) return { problem: "absent", reason: `${KVM_DEVICE} does not exist` };
   const err = dev.openRW(KVM_DEVICE);
   return err ? { problem: "denied", reason: `${KVM_DEVICE} cannot be opened (${err})` } : undefined;
 }
 
-const realDevice = {
+/** This host's devices: whether one exists, and "" if it opens read-write, else the error code. */
+export const hostDevices = {
   exists: (p: string) => existsSync(p),
   openRW: (p: string) => {
     try {
