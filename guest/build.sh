@@ -24,9 +24,9 @@
 # a new agent costs a few seconds (pack ~4 MB, update rootfs/) instead of recompressing 100 MB.
 #
 # Settings (environment):
-#   COCOON_GUEST_AGENT     agent script run by node as PID 1 (default: the real agent,
-#                          dist/cocoon-agent.cjs, once `npm run build` made it; else
-#                          guest/placeholder-agent.cjs)
+#   COCOON_GUEST_AGENT     agent script run by node as PID 1 (default: dist/cocoon-agent.cjs,
+#                          made by `npm run build`, which also writes dist/guest-abi.sh: the names
+#                          and paths host and guest agree on, from src/core/guest-abi.ts)
 #   COCOON_GUEST_KOFFI     a node_modules directory holding koffi (and its prebuilt native part,
 #                          @koromix/koffi-linux-x64) to ship beside the agent (default: the
 #                          repository's node_modules when koffi is installed there; set it empty
@@ -38,13 +38,15 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 OUT=${COCOON_GUEST_OUT:-$HERE/out}
-if [[ -f $REPO/dist/cocoon-agent.cjs ]]; then DEFAULT_AGENT=$REPO/dist/cocoon-agent.cjs; else DEFAULT_AGENT=$HERE/placeholder-agent.cjs; fi
-AGENT=${COCOON_GUEST_AGENT:-$DEFAULT_AGENT}
+AGENT=${COCOON_GUEST_AGENT:-$REPO/dist/cocoon-agent.cjs}
+GUEST_ABI=$REPO/dist/guest-abi.sh
+[[ -f $GUEST_ABI ]] || { echo "guest/build: error: $GUEST_ABI is missing (run npm run build)" >&2; exit 1; }
+# shellcheck source=/dev/null
+source "$GUEST_ABI"
+AGENT_DIR=${COCOON_AGENT_PATH%/*}
 if [[ -f $REPO/node_modules/koffi/package.json ]]; then DEFAULT_KOFFI=$REPO/node_modules; else DEFAULT_KOFFI=""; fi
 # Unset means the default; set but empty means "ship no koffi".
 KOFFI=${COCOON_GUEST_KOFFI-$DEFAULT_KOFFI}
-# What boot-check talks to: the placeholder's JSON lines, or the agent API (ttrpc).
-if [[ $(basename "$AGENT") == placeholder-agent.cjs ]]; then AGENT_KIND=placeholder; else AGENT_KIND=cocoon; fi
 COMPRESS=${COCOON_GUEST_COMPRESS:-zstd}
 KERNEL_META=linux-image-amd64
 # Loaded in this order's dependency closure; everything else the guest needs is built in
@@ -109,7 +111,7 @@ dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
   die "install busybox-static (apt-get install busybox-static): the guest needs its static /bin/busybox"
 [[ -x $CRUN ]] || die "install crun (apt-get install crun)"
 [[ -x $NODE ]] || die "node is expected at $NODE"
-[[ -f $AGENT ]] || die "agent script not found: $AGENT"
+[[ -f $AGENT ]] || die "agent script not found: $AGENT (run npm run build)"
 [[ -z $KOFFI || -f $KOFFI/koffi/package.json ]] || die "COCOON_GUEST_KOFFI has no koffi package: $KOFFI"
 # koffi loads its native part from the platform package next to it.
 KOFFI_PKGS=(koffi @koromix/koffi-linux-x64)
@@ -130,14 +132,14 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; 
 base_fingerprint() {
   echo "kernel $KPKG $KPKG_VERSION"
   echo "compress $COMPRESS modules ${MODULES[*]} on-demand ${ON_DEMAND_MODULES[*]} epoch $EPOCH"
-  sha256sum "$HERE/build.sh" "$HERE/init.sh"
+  sha256sum "$HERE/build.sh" "$HERE/init.sh" "$GUEST_ABI"
   # Host binaries and their libraries: size and mtime change with every package upgrade.
   { for bin in "$BUSYBOX" "$CRUN" "$NODE"; do echo "$bin"; host_libs "$bin"; done; } |
     LC_ALL=C sort -u | xargs -d '\n' stat -L -c '%n %s %Y'
   command -v strip >/dev/null && echo "strip yes" || echo "strip no"
 }
 agent_fingerprint() {
-  echo "agent-kind $AGENT_KIND koffi ${KOFFI:-none}"
+  echo "agent $COCOON_AGENT_PATH koffi ${KOFFI:-none}"
   sha256sum "$AGENT"
   if [[ -n $KOFFI ]]; then
     (cd "$KOFFI" && find "${KOFFI_PKGS[@]}" -type f 2>/dev/null | LC_ALL=C sort | xargs -d '\n' sha256sum)
@@ -238,7 +240,7 @@ SHIPPED=("${ORDER[@]}")
 # --- the initramfs tree ------------------------------------------------------------------
 
 STAGE=$WORK/root
-mkdir -p "$STAGE"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,usr/lib/cocoon,etc,dev,proc,sys,run,tmp,mnt,newroot,root}
+mkdir -p "$STAGE"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,etc,dev,proc,sys,run,tmp,mnt,newroot,root}
 ln -s usr/bin "$STAGE/bin"
 ln -s usr/sbin "$STAGE/sbin"
 ln -s usr/lib "$STAGE/lib"
@@ -272,6 +274,7 @@ for applet in $("$BUSYBOX" --list-full); do
 done
 
 install -m 0755 "$HERE/init.sh" "$STAGE/init"
+install -D -m 0644 "$GUEST_ABI" "$STAGE/usr/lib/cocoon-init/guest-abi.sh"
 
 cat >"$STAGE/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
@@ -282,9 +285,9 @@ root:x:0:
 tty:x:5:
 nogroup:x:65534:
 EOF
-printf '127.0.0.1\tlocalhost cocoon\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$STAGE/etc/hosts"
+printf '127.0.0.1\tlocalhost %s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$COCOON_HOSTNAME" >"$STAGE/etc/hosts"
 printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$STAGE/etc/nsswitch.conf"
-echo cocoon >"$STAGE/etc/hostname"
+echo "$COCOON_HOSTNAME" >"$STAGE/etc/hostname"
 : >"$STAGE/etc/resolv.conf"
 
 GMOD=$STAGE/usr/lib/modules/$KVER
@@ -335,6 +338,7 @@ pack "$STAGE" "$NEW/.base-$INITRD"
 cp -a "$STAGE" "$NEW/rootfs"
 SMALL=$WORK/small
 mkdir -p "$SMALL/usr/bin" "$SMALL/usr/lib"
+cp -a "$STAGE/usr/lib/cocoon-init" "$SMALL/usr/lib/"
 cp -a "$STAGE"/{bin,sbin,lib,lib64,dev,proc,sys,newroot,init} "$SMALL/"
 mkdir -p "$SMALL/usr/sbin" "$SMALL/usr/lib64" "$SMALL/usr/lib/modules/$KVER"
 # Only what stage 1 loads: the on-demand modules are in the root it switches to.
@@ -376,23 +380,23 @@ fi # REBUILD_BASE
 # shellcheck disable=SC1090
 source "$BASE_ENV"
 ASTAGE=$WORK/agent
-mkdir -p "$ASTAGE/usr/lib/cocoon"
-install -m 0644 "$AGENT" "$ASTAGE/usr/lib/cocoon/agent.cjs"
+mkdir -p "$ASTAGE$AGENT_DIR"
+install -m 0644 "$AGENT" "$ASTAGE$COCOON_AGENT_PATH"
 if [[ -n $KOFFI ]]; then
   for pkg in "${KOFFI_PKGS[@]}"; do
     [[ -d $KOFFI/$pkg ]] || { log "warning: $KOFFI/$pkg missing"; continue; }
-    mkdir -p "$ASTAGE/usr/lib/cocoon/node_modules/$pkg"
-    cp -a "$KOFFI/$pkg/." "$ASTAGE/usr/lib/cocoon/node_modules/$pkg/"
+    mkdir -p "$ASTAGE$AGENT_DIR/node_modules/$pkg"
+    cp -a "$KOFFI/$pkg/." "$ASTAGE$AGENT_DIR/node_modules/$pkg/"
   done
   # The musl build is dead weight on this glibc guest.
-  rm -rf "$ASTAGE/usr/lib/cocoon/node_modules/@koromix/koffi-linux-x64/musl_x64"
+  rm -rf "$ASTAGE$AGENT_DIR/node_modules/@koromix/koffi-linux-x64/musl_x64"
 fi
-log "packing the agent layer ($AGENT_KIND: $AGENT)"
+log "packing the agent layer ($AGENT)"
 pack "$ASTAGE" "$WORK/agent.cpio"
 cat "$BASE_INITRD" "$WORK/agent.cpio" >"$WORK/$INITRD"
 mv -f "$WORK/$INITRD" "$OUT/$INITRD"
-rm -rf "$OUT/rootfs/usr/lib/cocoon"
-cp -a "$ASTAGE/usr/lib/cocoon" "$OUT/rootfs/usr/lib/cocoon"
+rm -rf "$OUT/rootfs$AGENT_DIR"
+cp -a "$ASTAGE$AGENT_DIR" "$OUT/rootfs$AGENT_DIR"
 
 # The DAX root image. Uncompressed (DAX maps file data directly, so it cannot be compressed), data
 # not inlined into inodes (DAX needs block-aligned data), fixed timestamps; virtio-pmem wants a size
@@ -412,7 +416,7 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
   INITRD_9P=$INITRD_9P INITRD_9P_SHA=$INITRD_9P_SHA INITRD_9P_SIZE=$INITRD_9P_SIZE \
   EROFS_SHA=$(sha "$OUT/rootfs.erofs") EROFS_SIZE=$(size "$OUT/rootfs.erofs") \
   TREE_SIZE=$((BASE_TREE_SIZE + $(du -sb "$ASTAGE" | cut -f1))) \
-  AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT AGENT_KIND=$AGENT_KIND KOFFI=$KOFFI \
+  AGENT_SHA=$(sha "$AGENT") AGENT_PATH=$AGENT AGENT_GUEST_PATH=$COCOON_AGENT_PATH KOFFI=$KOFFI \
   COMPRESS=$COMPRESS MODULES_FILE="$OUT/modules-list.txt" ON_DEMAND_FILE="$OUT/modules-on-demand.txt" \
   "$NODE" -e '
     const fs = require("node:fs");
@@ -427,7 +431,7 @@ KVER=$KVER KPKG=$KPKG KPKG_VERSION=$KPKG_VERSION KPKG_SHA256=$KPKG_SHA256 \
       rootfsImage: { file: "rootfs.erofs", format: "erofs", sha256: e.EROFS_SHA, bytes: Number(e.EROFS_SIZE) },
       packages: { "busybox-static": e.BUSYBOX_VERSION, crun: e.CRUN_VERSION, nodejs: e.NODE_PKG_VERSION },
       node: e.NODE_VERSION,
-      agent: { kind: e.AGENT_KIND, source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: "/usr/lib/cocoon/agent.cjs", koffi: e.KOFFI || null },
+      agent: { source: e.AGENT_PATH, sha256: e.AGENT_SHA, guestPath: e.AGENT_GUEST_PATH, koffi: e.KOFFI || null },
       modules: fs.readFileSync(e.MODULES_FILE, "utf8").trim().split("\n"),
       modulesOnDemand: fs.readFileSync(e.ON_DEMAND_FILE, "utf8").trim().split("\n"),
     };

@@ -5,16 +5,17 @@
 #            and crun pivots into every container root;
 #   stage 2 (COCOON_STAGE=2): mount the runtime file systems, publish the virtio ports, mount
 #            the 9p shares, and exec the agent, which stays PID 1 for the life of the VM.
-# Kernel command line knobs (all optional):
+# Kernel command line knobs (all optional; their names are in the ABI fragment below):
 #   cocoon.root=TAG   use the read-only 9p share TAG as "/" instead of the initramfs
 #   cocoon.root=/dev/pmem0
 #                     mount that EROFS image (virtio-pmem) as "/", with DAX when the device allows it
+#   cocoon.template=1 a template boot: leave the shares to the agent
 #   cocoon.debug=1    print each step with the guest uptime
 PATH=/usr/bin:/usr/sbin:/bin:/sbin
 export PATH
 
-AGENT=/usr/lib/cocoon/agent.cjs
-MSIZE=262144
+# The names and paths the host and the agent agree on (src/core/guest-abi.ts), installed by build.sh.
+. /usr/lib/cocoon-init/guest-abi.sh
 
 uptime_s() { read -r up _ </proc/uptime; echo "$up"; }
 say() { echo "cocoon-init: $* (uptime $(uptime_s))"; }
@@ -45,14 +46,14 @@ stage1() {
   mount -t proc -o nosuid,nodev,noexec proc /proc
   mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
   mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev
-  DEBUG=$(cmdline_value cocoon.debug || echo 0)
+  DEBUG=$(cmdline_value "$COCOON_PARAM_DEBUG" || echo 0)
   export DEBUG
   say "stage 1"
   load_modules
   debug "modules loaded"
 
   mkdir -p /newroot
-  root_tag=$(cmdline_value cocoon.root || true)
+  root_tag=$(cmdline_value "$COCOON_PARAM_ROOT" || true)
   case "$root_tag" in
   /dev/*)
     # libnvdimm registers its devices asynchronously after the modules load.
@@ -64,7 +65,7 @@ stage1() {
       die "cannot mount root image $root_tag"
     ;;
   ?*)
-    mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=$MSIZE "$root_tag" /newroot ||
+    mount -t 9p -o "ro,cache=loose,$COCOON_9P_OPTIONS" "$root_tag" /newroot ||
       die "cannot mount 9p root '$root_tag'"
     ;;
   *)
@@ -87,22 +88,22 @@ stage1() {
 
 publish_virtio_ports() {
   # udev would create /dev/virtio-ports/NAME; there is no udev here.
-  mkdir -p /dev/virtio-ports
+  mkdir -p "$COCOON_VIRTIO_PORTS_DIR"
   for port in /sys/class/virtio-ports/*; do
     [ -f "$port/name" ] || continue
     name=$(cat "$port/name")
-    [ -n "$name" ] && ln -sf "../${port##*/}" "/dev/virtio-ports/$name"
+    [ -n "$name" ] && ln -sf "/dev/${port##*/}" "$COCOON_VIRTIO_PORTS_DIR/$name"
   done
 }
 
 mount_shares() {
-  # Every 9p device except the root one is mounted at /mnt/<mount_tag>.
+  # Every 9p device except the root one is mounted at $COCOON_SHARE_MOUNT_ROOT/<mount_tag>.
   for dev in /sys/bus/virtio/drivers/9pnet_virtio/virtio*; do
     [ -f "$dev/mount_tag" ] || continue
     tag=$(tr -d '\000' <"$dev/mount_tag")
     [ -n "$tag" ] && [ "$tag" != "$COCOON_ROOT_TAG" ] || continue
-    mkdir -p "/mnt/$tag"
-    mount -t 9p -o trans=virtio,version=9p2000.L,msize=$MSIZE "$tag" "/mnt/$tag" ||
+    mkdir -p "$COCOON_SHARE_MOUNT_ROOT/$tag"
+    mount -t 9p -o "$COCOON_9P_OPTIONS" "$tag" "$COCOON_SHARE_MOUNT_ROOT/$tag" ||
       say "mount of 9p share '$tag' failed"
   done
 }
@@ -128,19 +129,19 @@ stage2() {
   ln -sf /proc/self/fd/2 /dev/stderr
   mount -t tmpfs -o nosuid,nodev,mode=0755 run /run
   mount -t tmpfs -o nosuid,nodev,mode=1777 tmp /tmp
-  mount -t tmpfs -o nosuid,nodev,mode=0755 mnt /mnt
+  mount -t tmpfs -o nosuid,nodev,mode=0755 mnt "$COCOON_SHARE_MOUNT_ROOT"
   enable_cgroup_controllers
   publish_virtio_ports
   # A template VM is snapshotted for cloning; QEMU cannot migrate a mounted 9p share, and each clone
   # has its own, so the agent mounts them after a restore (Restored).
-  if [ "$(cmdline_value cocoon.template || echo 0)" = 1 ]; then say "template boot: shares are mounted after restore"; else mount_shares; fi
-  hostname cocoon
+  if [ "$(cmdline_value "$COCOON_PARAM_TEMPLATE" || echo 0)" = 1 ]; then say "template boot: shares are mounted after restore"; else mount_shares; fi
+  hostname "$COCOON_HOSTNAME"
   ip link set lo up
   say "exec agent"
   # The agent keeps one threadpool thread in a blocking read of its port for good.
   UV_THREADPOOL_SIZE=8
   export UV_THREADPOOL_SIZE
-  exec node --jitless "$AGENT"
+  exec node --jitless "$COCOON_AGENT_PATH"
 }
 
 if [ "${COCOON_STAGE:-1}" = 2 ]; then stage2; else stage1; fi

@@ -1,11 +1,17 @@
 // Build: generate protobuf code, type-check and emit (tests run from the emitted JS), then bundle
 // each entry point into one file so that a shim `start` loads a single script.
 import { execFileSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: "inherit" });
 run("node_modules/.bin/buf", ["generate"]);
 run("node_modules/.bin/tsc", ["-p", "."]);
+
+// The guest ABI for guest/build.sh and the image's /init, from the one TypeScript module.
+const { guestAbiShell } = await import("../dist/js/src/core/guest-abi.js");
+mkdirSync("dist", { recursive: true });
+writeFileSync("dist/guest-abi.sh", guestAbiShell());
 
 const entries = {
   "containerd-shim-cocoon-v2": "src/cli/shim-main.ts",

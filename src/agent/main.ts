@@ -20,16 +20,17 @@ import { PortForwards } from "./portfwd.js";
 import { AGENT_SERVICE, agentService } from "./service.js";
 import { AGENT_VERSION } from "./version.js";
 import os from "node:os";
+import { AGENT_PORT_PATH, KERNEL_PARAM } from "../core/guest-abi.js";
 
 // One threadpool thread sits in the port's blocking read for good; leave room for the rest.
 process.env["UV_THREADPOOL_SIZE"] ??= "8";
 
-const PORT = process.env["COCOON_AGENT_PORT"] ?? "/dev/virtio-ports/agent.0";
+const PORT = process.env["COCOON_AGENT_PORT"] ?? AGENT_PORT_PATH;
 
 function debugWanted(): boolean {
   if (process.env["COCOON_AGENT_DEBUG"] === "1") return true;
   try {
-    return /(^|\s)cocoon\.debug=1(\s|$)/.test(readFileSync("/proc/cmdline", "utf8"));
+    return readFileSync("/proc/cmdline", "utf8").split(/\s+/).includes(`${KERNEL_PARAM.debug}=1`);
   } catch {
     return false;
   }

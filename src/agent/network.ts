@@ -7,6 +7,7 @@ import type { Sys } from "../sys/types.js";
 import { MS_BIND } from "../sys/types.js";
 import { invalidArgument, notFound, unknownError } from "./errors.js";
 import type { Logger } from "./log.js";
+import { GUEST_HOSTNAME } from "../core/guest-abi.js";
 
 export interface NetInterface {
   mac: string;
@@ -71,7 +72,7 @@ async function waitForLink(mac: string, timeoutMs: number): Promise<string> {
 
 export function hostsFile(hostname: string, addresses: string[]): string {
   let text = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n";
-  const name = hostname || "cocoon";
+  const name = hostname || GUEST_HOSTNAME;
   const first = addresses.map((a) => a.split("/")[0]!).find((a) => a && !a.includes(":"));
   text += `${first ?? "127.0.1.1"}\t${name}\n`;
   return text;

@@ -10,6 +10,7 @@
 import { openSync, read, write } from "node:fs";
 import { Duplex } from "node:stream";
 import type { Logger } from "./log.js";
+import { AGENT_LOG_HOST_CONNECTED, AGENT_LOG_HOST_DISCONNECTED } from "../core/guest-abi.js";
 
 const READ_SIZE = 64 * 1024;
 
@@ -123,7 +124,7 @@ export class VirtioPort {
             this.log.warn("agent connection dropped while the host is connected; waiting for the host to reconnect");
           }
         });
-        this.log.info("host connected");
+        this.log.info(AGENT_LOG_HOST_CONNECTED);
         this.onSession(session);
       }
       if (!s.push(Buffer.from(buf.subarray(0, n)))) await s.whenWanted();
@@ -135,7 +136,7 @@ export class VirtioPort {
     const s = this.session;
     if (!s) return;
     this.session = undefined;
-    this.log.info("host disconnected");
+    this.log.info(AGENT_LOG_HOST_DISCONNECTED);
     s.push(null);
     // allowHalfOpen is off, but a consumer that never reads would not see the end; close it anyway.
     setImmediate(() => s.destroy());

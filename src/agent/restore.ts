@@ -5,6 +5,7 @@ import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from
 import type { Sys } from "../sys/types.js";
 import type { Logger } from "./log.js";
 import { changeLinkMac } from "./network.js";
+import { KERNEL_PARAM, NINEP_SHARE_OPTIONS, SHARE_MOUNT_ROOT } from "../core/guest-abi.js";
 
 export interface RestoreRequest {
   unixTimeNs: bigint;
@@ -24,19 +25,17 @@ export interface RestoreEnv {
 
 const GUEST: RestoreEnv = {
   ninepDevices: "/sys/bus/virtio/drivers/9pnet_virtio",
-  mountRoot: "/mnt",
+  mountRoot: SHARE_MOUNT_ROOT,
   cmdline: "/proc/cmdline",
   mounts: "/proc/mounts",
   urandom: "/dev/urandom",
 };
 
-/** The same options as guest/init.sh uses for the shares it mounts at a cold boot. */
-const NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144";
-
 /** Mount tags of the 9p devices that are shares (not the guest root) and not mounted yet. */
 export function unmountedShares(env: RestoreEnv): string[] {
   if (!existsSync(env.ninepDevices)) return [];
-  const rootTag = /(?:^|\s)cocoon\.root=(\S+)/.exec(readFileSync(env.cmdline, "utf8"))?.[1];
+  const rootParam = `${KERNEL_PARAM.root}=`;
+  const rootTag = readFileSync(env.cmdline, "utf8").split(/\s+/).find((w) => w.startsWith(rootParam))?.slice(rootParam.length);
   const mounted = new Set(readFileSync(env.mounts, "utf8").split("\n").map((l) => l.split(" ")[1]));
   const tags: string[] = [];
   for (const dev of readdirSync(env.ninepDevices)) {
@@ -57,7 +56,7 @@ export async function restored(req: RestoreRequest, sys: Sys, log: Logger, env: 
   const shares = unmountedShares(env);
   for (const tag of shares) {
     mkdirSync(`${env.mountRoot}/${tag}`, { recursive: true });
-    sys.mount(tag, `${env.mountRoot}/${tag}`, "9p", 0, NINEP_OPTIONS);
+    sys.mount(tag, `${env.mountRoot}/${tag}`, "9p", 0, NINEP_SHARE_OPTIONS);
   }
   if (req.mac && req.templateMac) await changeLinkMac(req.templateMac, req.mac);
   log.info("restored from template", { shares: shares.join(","), mac: req.mac || undefined });

@@ -20,8 +20,7 @@ import type { OomMonitor } from "./oom.js";
 import type { PortForwards } from "./portfwd.js";
 import type { StdioFlags } from "./stdio.js";
 import { AGENT_VERSION } from "./version.js";
-
-export const AGENT_SERVICE = "cocoon.agent.v1.Agent";
+export { AGENT_SERVICE } from "../core/guest-abi.js";
 
 export interface ServiceDeps {
   containers: Containers;

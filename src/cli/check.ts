@@ -1,18 +1,19 @@
 // `cocoon check`: is this node ready to run Cocoon pods? One line per prerequisite with OK/WARN/FAIL and,
 // when not OK, what to do about it. Everything the checks look at goes through CheckEnv so that the
 // decisions can be tested with a fake node.
-import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Command } from "commander";
 import { parse as parseToml } from "smol-toml";
 import { defaultConfig, parseConfig, settingsFor } from "../shim/config.js";
 import { MODES } from "../runtime/modes.js";
 import type { RuncSettings } from "../runtime/runc/settings.js";
 import type { VmConfig } from "../runtime/vm/settings.js";
+import { hostDevices, kvmDeviceProblem, probeAccel, type AccelProbe } from "../runtime/vm/kvm.js";
 import { isTemplateKey } from "../runtime/vm/template.js";
 import { CRI_PLUGIN, RUNTIME_TYPE, criRuntimes, type RegisteredRuntime } from "./install/containerd-config.js";
 import { runCommand, type Runner } from "./install/host.js";
-import { findSourceRoot } from "./install/layout.js";
 
 export type CheckLevel = "ok" | "warn" | "fail";
 
@@ -39,19 +40,15 @@ export interface CheckEnv {
   pathDirs(): string[];
 }
 
-export interface KvmProbeResult {
-  ok: boolean;
-  detail: string;
-}
-
 export interface CheckOptions {
   /** containerd's config (default /etc/containerd/config.toml). */
   containerdConfig?: string;
   env?: CheckEnv;
-  /** A bounded KVM boot test; default: guest/kvm-probe.sh when it can be found, else only open /dev/kvm. */
-  kvmProbe?: (() => Promise<KvmProbeResult>) | "skip";
-  /** Directory holding kvm-probe.sh (default: <package>/guest, then /opt/cocoon/guest). */
-  guestDir?: string;
+  /**
+   * The accelerator probe (default: the shim's, src/runtime/vm/kvm.ts, plus a TCG boot when KVM is
+   * out); "skip": only see whether /dev/kvm opens.
+   */
+  kvmProbe?: ((vm: VmConfig) => Promise<AccelProbe>) | "skip";
 }
 
 const HANDLERS = MODES.map((m) => ({ name: m.handler, mode: m.name, file: `/etc/cocoon/${m.configFile}` }));
@@ -76,14 +73,7 @@ export const realEnv: CheckEnv = {
       return undefined;
     }
   },
-  openRW: (p) => {
-    try {
-      closeSync(openSync(p, constants.O_RDWR));
-      return "";
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code ?? String(err);
-    }
-  },
+  openRW: hostDevices.openRW,
   loadKoffi: async () => {
     const mod = (await import("koffi")) as { default?: { version?: string }; version?: string };
     const version = mod.version ?? mod.default?.version;
@@ -232,55 +222,38 @@ async function checkQemu(env: CheckEnv, vm: VmConfig): Promise<CheckResult> {
   return ok("qemu", firstLine(res.stdout));
 }
 
-function findProbe(env: CheckEnv, guestDir: string | undefined): string | undefined {
-  const dirs: string[] = [];
-  if (guestDir) dirs.push(guestDir);
-  else {
-    try {
-      dirs.push(join(findSourceRoot(), "guest"));
-    } catch {
-      // not running from a package checkout
-    }
-    dirs.push("/opt/cocoon/guest");
+/** The shim's accelerator probe, with the TCG fallback boot too, in a private temporary directory. */
+async function realProbe(vm: VmConfig): Promise<AccelProbe> {
+  const workDir = mkdtempSync(join(tmpdir(), "cocoon-check-"));
+  try {
+    return await probeAccel({ qemu: vm.qemu, kernel: vm.kernel, workDir, verifyTcg: true });
+  } finally {
+    rmSync(workDir, { recursive: true, force: true });
   }
-  return dirs.map((d) => join(d, "kvm-probe.sh")).find((p) => env.exists(p));
-}
-
-/** Runs guest/kvm-probe.sh (one bounded KVM boot) against the guest assets the VM config names. */
-function scriptProbe(env: CheckEnv, script: string, vm: VmConfig): () => Promise<KvmProbeResult> {
-  return async () => {
-    const assets = dirname(vm.kernel);
-    const localOut = join(dirname(script), "out");
-    const extra: Record<string, string> = {};
-    if (!env.exists(join(localOut, "manifest.json")) && env.exists(join(assets, "manifest.json"))) extra["COCOON_GUEST_OUT"] = assets;
-    // An installed probe runs with the node binary installed next to it.
-    const bin = join(dirname(dirname(script)), "bin");
-    if (env.exists(join(bin, "node"))) extra["PATH"] = `${bin}:${process.env["PATH"] ?? ""}`;
-    const res = await env.run([script, "--json", "--timeout", "10"], 45_000, extra);
-    try {
-      const r = JSON.parse(res.stdout.trim().split("\n").pop() ?? "") as { kvm?: boolean; reason?: string | null; readyMs?: number | null };
-      return r.kvm ? { ok: true, detail: `a KVM guest booted (agent ready after ${r.readyMs} ms)` } : { ok: false, detail: `KVM guest boot failed: ${r.reason ?? "unknown reason"}` };
-    } catch {
-      return { ok: false, detail: `kvm-probe.sh gave no verdict (exit ${res.code}): ${firstLine(res.stderr || res.stdout) || res.spawnError || ""}` };
-    }
-  };
 }
 
 async function checkKvm(env: CheckEnv, vm: VmConfig, o: CheckOptions): Promise<CheckResult> {
   const name = "kvm";
   const needKvm = vm.accel === "kvm";
+  const fixes = {
+    absent: "enable virtualisation (VT-x/AMD-V, nested virtualisation on a VM) and load kvm_intel/kvm_amd",
+    denied: "run as root or give the containerd user access to /dev/kvm",
+    boot: needKvm ? 'set vm.accel = "auto" or "tcg", or fix KVM on this host' : "fix KVM on this host (nested virtualisation?) for fast VMs",
+  };
   const noKvm = (detail: string, fix: string) =>
-    needKvm ? fail(name, `${detail}; the VM config sets accel = "kvm"`, fix) : warn(name, `${detail}; VMs fall back to TCG emulation (much slower)`, fix);
-  if (!env.exists("/dev/kvm")) return noKvm("no /dev/kvm", "enable virtualisation (VT-x/AMD-V, nested virtualisation on a VM) and load kvm_intel/kvm_amd");
-  const openErr = env.openRW("/dev/kvm");
-  if (openErr) return noKvm(`/dev/kvm cannot be opened (${openErr})`, "run as root or give the containerd user access to /dev/kvm");
-  if (o.kvmProbe === "skip") return warn(name, "/dev/kvm opens; a KVM guest boot was not verified", "run `cocoon check` without skipping the KVM probe");
-  const script = o.kvmProbe ? undefined : findProbe(env, o.guestDir);
-  const probe = o.kvmProbe ?? (script ? scriptProbe(env, script, vm) : undefined);
-  if (!probe) return warn(name, "/dev/kvm opens; a KVM guest boot was not verified (guest/kvm-probe.sh not found)", "");
-  const r = await probe();
-  if (r.ok) return ok(name, r.detail);
-  return noKvm(r.detail, needKvm ? 'set vm.accel = "auto" or "tcg", or fix KVM on this host' : "fix KVM on this host (nested virtualisation?) for fast VMs");
+    needKvm ? fail(name, `${detail}; the VM config sets accel = "kvm"`, fix) : warn(name, `${detail}; VMs run under TCG emulation (much slower)`, fix);
+  if (o.kvmProbe === "skip") {
+    const device = kvmDeviceProblem(env);
+    if (device) return noKvm(`tcg (no KVM: ${device.reason})`, fixes[device.problem]);
+    return warn(name, "/dev/kvm opens; a KVM guest boot was not verified", "run `cocoon check` without --skip-kvm-probe");
+  }
+  // "guest assets" fails for it, with the fix.
+  if (!env.exists(vm.kernel)) return warn(name, `not probed: the guest kernel ${vm.kernel} is missing`, "see guest assets");
+  const p = await (o.kvmProbe ?? realProbe)(vm);
+  if (p.accel === "kvm") return ok(name, `kvm (${p.reason})`);
+  const detail = `tcg (no KVM: ${p.reason})${p.tcg ? `; ${p.tcg.reason}` : ""}`;
+  if (p.tcg && !p.tcg.ok) return fail(name, detail, `QEMU cannot boot the guest kernel at all: check vm.qemu and vm.kernel in the VM config`);
+  return noKvm(detail, fixes[p.kvmProblem ?? "boot"]);
 }
 
 function checkAssets(env: CheckEnv, vm: VmConfig): CheckResult {
@@ -427,7 +400,7 @@ export function checkCommand(): Command {
   return new Command("check")
     .description("check that this node has what Cocoon needs (containerd, runtimes, QEMU/KVM, guest assets, cgroups, CNI)")
     .option("--containerd-config <file>", "containerd's config", "/etc/containerd/config.toml")
-    .option("--skip-kvm-probe", "do not boot a test VM to verify KVM (only open /dev/kvm)")
+    .option("--skip-kvm-probe", "do not boot the guest kernel to verify KVM and TCG (only open /dev/kvm)")
     .option("--json", "print the results as JSON")
     .action(async (f: { containerdConfig: string; skipKvmProbe?: boolean; json?: boolean }) => {
       const results = await runChecks({ containerdConfig: f.containerdConfig, ...(f.skipKvmProbe ? { kvmProbe: "skip" as const } : {}) });

@@ -13,6 +13,8 @@ import { Agent, Stream } from "../../src/gen/cocoon/agent/v1/agent_pb.js";
 import { MetricsSchema } from "../../src/gen/cgroups/v2/metrics_pb.js";
 import { TtrpcClient, type TypedClient } from "../../src/ttrpc/index.js";
 import { Code, TtrpcError } from "../../src/ttrpc/codes.js";
+import { AGENT_SERVICE, GUEST_SHARED_DIR } from "../../src/core/guest-abi.js";
+import { qemuArgs } from "../../src/runtime/vm/qemu.js";
 import { repoRoot, run, settlesWithin, sleep, tailLines, tmpdir } from "../helpers/util.js";
 
 const OUT = join(repoRoot, "guest", "out");
@@ -63,7 +65,7 @@ async function baseSpec(dir: string): Promise<Record<string, any>> {
   const r = await run("crun", ["spec"], { cwd: dir });
   assert.equal(r.code, 0, `crun spec: ${r.stderr}`);
   const spec = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
-  spec.root = { path: "/mnt/cocoon/c1/rootfs", readonly: true };
+  spec.root = { path: `${GUEST_SHARED_DIR}/c1/rootfs`, readonly: true };
   spec.process.terminal = false;
   spec.process.env = ["PATH=/bin", "TERM=xterm"];
   return spec;
@@ -120,25 +122,15 @@ describe("guest agent in a VM (QEMU TCG)", { skip }, () => {
     base = await baseSpec(join(runDir, "spec"));
     const sock = join(runDir, "agent.sock");
     const initrd = join(OUT, JSON.parse(readFileSync(MANIFEST, "utf8")).initramfs9p.file);
+    // The runtime's own command line (a 9p root, no tap), plus a NIC for SetupNetwork: user
+    // networking with no way out, and no option ROM (PVH boot).
     const args = [
-      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-      "-M", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512M", "-smp", "1",
-      "-kernel", join(OUT, "vmlinux"),
-      "-fsdev", `local,id=fsroot,path=${join(OUT, "rootfs")},security_model=none,readonly=on`,
-      "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=cocoon-root",
-      "-initrd", initrd,
-      "-append", "console=ttyS0 quiet panic=-1 rootfstype=ramfs cocoon.root=cocoon-root",
-      "-serial", `file:${join(runDir, "console.log")}`,
-      "-device", "virtio-serial-pci,id=vser0",
-      "-chardev", `socket,id=agent,path=${sock},server=on,wait=off`,
-      "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.0",
-      "-fsdev", `local,id=fs0,path=${share},security_model=none`,
-      "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=cocoon",
-      "-device", "virtio-rng-pci",
-      // A NIC for SetupNetwork; user networking with no way out, and no option ROM (PVH boot).
+      ...qemuArgs({
+        runDir, kernel: join(OUT, "vmlinux"), initrd, root: { kind: "dir", path: join(OUT, "rootfs") }, sharedDir: share,
+        vcpus: 1, memoryMiB: 512, accel: "tcg", tcgCacheMiB: 0, kernelParams: "",
+      }),
       "-netdev", "user,id=n0,restrict=on",
       "-device", `virtio-net-pci,netdev=n0,mac=${GUEST_MAC},romfile=`,
-      "-pidfile", join(runDir, "qemu.pid"),
     ];
     t0 = performance.now();
     const child = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "ignore", "pipe"] });
@@ -158,7 +150,7 @@ describe("guest agent in a VM (QEMU TCG)", { skip }, () => {
       }
     }
     mark("socketConnected");
-    agent = client.makeClient(Agent, "cocoon.agent.v1.Agent");
+    agent = client.makeClient(Agent, AGENT_SERVICE);
   });
 
   after(async () => {
@@ -220,7 +212,7 @@ describe("guest agent in a VM (QEMU TCG)", { skip }, () => {
 
   it("reports crun's error for a spec it cannot run", async () => {
     const bad = JSON.parse(Buffer.from(specWith(base, ["/no/such/binary"])).toString());
-    bad.root.path = "/mnt/cocoon/missing/rootfs";
+    bad.root.path = `${GUEST_SHARED_DIR}/missing/rootfs`;
     await assert.rejects(
       agent.createContainer({ containerId: "bad", specJson: Buffer.from(JSON.stringify(bad)), stdio: {} }, { timeoutMs: CALL_MS }),
       (err: TtrpcError) => err.code === Code.INVALID_ARGUMENT && /crun create failed: .*missing\/rootfs/.test(err.message),
@@ -238,7 +230,7 @@ describe("guest agent in a VM (QEMU TCG)", { skip }, () => {
     // The agent notices the disconnect on its next read of the port.
     await sleep(300);
     client = await TtrpcClient.connect(join(runDir, "agent.sock"), { timeoutMs: 5000 });
-    agent = client.makeClient(Agent, "cocoon.agent.v1.Agent");
+    agent = client.makeClient(Agent, AGENT_SERVICE);
     const h = await agent.health({}, { timeoutMs: CALL_MS });
     assert.equal(h.kernelRelease, kernelRelease);
     mark("reconnected");

@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { GUEST_SHARED_DIR } from "../../src/core/guest-abi.js";
 import { isUnder, mountsUnder } from "../../src/cli/lab/host-state.js";
 import { MNT_DETACH, sys } from "../../src/sys/index.js";
 import { startContainerd, type Containerd } from "../helpers/containerd.js";
@@ -37,7 +38,7 @@ describe("a hostile guest cannot steer the host's mounts through the shared dire
   // Guest root, as a privileged container gets it: it points the guest kernel's core_pattern at a
   // script in its own rootfs and crashes a process, and the kernel runs that script as root in the
   // VM's own namespaces, where the agent mounted the share (/mnt/cocoon, the host's shared dir).
-  const share = "/mnt/cocoon";
+  const share = GUEST_SHARED_DIR;
   let calls = 0;
   const guest = async (script: string) => {
     const n = ++calls;

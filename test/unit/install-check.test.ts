@@ -6,9 +6,15 @@ import { join } from "node:path";
 import { checkExitCode, cgroupVersion, formatResults, majorMinor, runChecks, type CheckEnv, type CheckResult } from "../../src/cli/check.js";
 import { mergeContainerdConfig, cocoonRuntimes } from "../../src/cli/install/containerd-config.js";
 import type { CommandResult } from "../../src/cli/install/host.js";
+import type { AccelProbe } from "../../src/runtime/vm/kvm.js";
+import type { VmConfig } from "../../src/runtime/vm/settings.js";
 
 const HERE = new URL(".", import.meta.url).pathname;
 const REPO = HERE.includes("/dist/js/") ? HERE.slice(0, HERE.indexOf("/dist/js/")) : join(HERE, "..", "..");
+
+const KVM_WORKS = async (): Promise<AccelProbe> => ({ accel: "kvm", reason: "the guest kernel booted under KVM in 300 ms", ms: 300 });
+const KVM_HANGS: AccelProbe = { accel: "tcg", reason: "the guest kernel did not finish booting under KVM within 8000 ms", kvmProblem: "boot", ms: 8000 };
+const TCG_BOOTS = { ok: true, reason: "the guest kernel booted under TCG in 1900 ms", ms: 1900 };
 
 const V1_MOUNTS = "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
 const V2_MOUNTS = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
@@ -92,7 +98,7 @@ const byName = (rs: CheckResult[], name: string) => {
 const NAMES = ["containerd", "cri handlers", "config cocoon-runc", "config cocoon", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
 
 test("a healthy node passes every check", async () => {
-  const rs = await runChecks({ env: envOf(healthyNode()), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+  const rs = await runChecks({ env: envOf(healthyNode()), kvmProbe: KVM_WORKS });
   assert.deepEqual(rs.map((r) => r.name), NAMES);
   assert.deepEqual(rs.filter((r) => r.level !== "ok").map((r) => `${r.name}: ${r.detail}`), []);
   assert.match(byName(rs, "cri handlers").detail, /cocoon-runc -> \/etc\/cocoon\/cocoon-runc.toml, cocoon -> \/etc\/cocoon\/cocoon-vm.toml/);
@@ -106,7 +112,7 @@ test("an untouched node fails the Cocoon-specific checks, each with a fix", asyn
   delete n.files["/etc/cocoon/cocoon-vm.toml"];
   delete n.files["/etc/cocoon/cocoon-runc.toml"];
   n.paths = n.paths.filter((p) => !p.includes("cocoon"));
-  const rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+  const rs = await runChecks({ env: envOf(n), kvmProbe: KVM_WORKS });
   const failed = rs.filter((r) => r.level === "fail");
   assert.deepEqual(failed.map((r) => r.name), ["cri handlers", "config cocoon-runc", "config cocoon", "shim binary", "guest assets"]);
   for (const r of failed) {
@@ -147,9 +153,17 @@ test("containerd versions: 1.5 fails, 2.x warns", async () => {
 
 test("KVM: probe verdicts, no device, unopenable device, and accel = kvm makes it a failure", async () => {
   const n = healthyNode();
-  let r = byName(await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: false, detail: "hangs" }) }), "kvm");
+  let r = byName(await runChecks({ env: envOf(n), kvmProbe: KVM_WORKS }), "kvm");
+  assert.equal(r.level, "ok");
+  assert.match(r.detail, /^kvm \(the guest kernel booted under KVM/);
+  r = byName(await runChecks({ env: envOf(n), kvmProbe: async () => ({ ...KVM_HANGS, tcg: TCG_BOOTS }) }), "kvm");
   assert.equal(r.level, "warn");
-  assert.match(r.detail, /hangs; VMs fall back to TCG/);
+  assert.match(r.detail, /^tcg \(no KVM: .*within 8000 ms\); the guest kernel booted under TCG in 1900 ms; VMs run under TCG/);
+  assert.match(r.fix, /nested virtualisation/);
+  // Neither accelerator boots the kernel: pods cannot run at all.
+  r = byName(await runChecks({ env: envOf(n), kvmProbe: async () => ({ ...KVM_HANGS, tcg: { ok: false, reason: "QEMU exited under TCG: bad kernel", ms: 5 } }) }), "kvm");
+  assert.equal(r.level, "fail");
+  assert.match(r.detail, /QEMU exited under TCG: bad kernel/);
   r = byName(await runChecks({ env: envOf(n), kvmProbe: "skip" }), "kvm");
   assert.equal(r.level, "warn");
   assert.match(r.detail, /not verified/);
@@ -159,20 +173,26 @@ test("KVM: probe verdicts, no device, unopenable device, and accel = kvm makes i
   n.paths = n.paths.filter((p) => p !== "/dev/kvm");
   r = byName(await runChecks({ env: envOf(n), kvmProbe: "skip" }), "kvm");
   assert.equal(r.level, "warn");
+  assert.match(r.detail, /^tcg \(no KVM: \/dev\/kvm does not exist\)/);
   n.files["/etc/cocoon/cocoon-vm.toml"] = n.files["/etc/cocoon/cocoon-vm.toml"]!.replace('accel = "auto"', 'accel = "kvm"');
   r = byName(await runChecks({ env: envOf(n), kvmProbe: "skip" }), "kvm");
   assert.equal(r.level, "fail");
+  r = byName(await runChecks({ env: envOf(n), kvmProbe: async () => ({ ...KVM_HANGS, tcg: TCG_BOOTS }) }), "kvm");
+  assert.equal(r.level, "fail");
+  assert.match(r.fix, /set vm.accel = "auto" or "tcg"/);
 });
 
-test("the KVM probe script is run with --json and its verdict parsed", async () => {
+test("the probe is given the VM config and not run without a guest kernel", async () => {
   const n = healthyNode();
-  n.paths.push("/g/kvm-probe.sh");
-  n.commands["/g/kvm-probe.sh --json --timeout 10"] = { code: 1, stdout: '{"kvm":false,"reason":"no agent within the timeout","readyMs":null}\n' };
-  const env = envOf(n);
-  const r = byName(await runChecks({ env, guestDir: "/g" }), "kvm");
-  assert.match(r.detail, /KVM guest boot failed: no agent within the timeout/);
-  n.commands["/g/kvm-probe.sh --json --timeout 10"] = { code: 0, stdout: '{"kvm":true,"reason":null,"readyMs":812}\n' };
-  assert.equal(byName(await runChecks({ env, guestDir: "/g" }), "kvm").level, "ok");
+  const seen: string[] = [];
+  const probe = async (vm: VmConfig) => (seen.push(`${vm.qemu} ${vm.kernel}`), KVM_WORKS());
+  await runChecks({ env: envOf(n), kvmProbe: probe });
+  assert.deepEqual(seen, ["qemu-system-x86_64 /usr/local/share/cocoon/vmlinux"]);
+  n.paths = n.paths.filter((p) => !p.endsWith("/vmlinux"));
+  const r = byName(await runChecks({ env: envOf(n), kvmProbe: probe }), "kvm");
+  assert.equal(r.level, "warn");
+  assert.match(r.detail, /not probed: the guest kernel .* is missing/);
+  assert.equal(seen.length, 1);
 });
 
 test("config problems: wrong mode, invalid file, wrong runtime_type, disabled CRI, CNI in /usr/lib/cni only", async () => {
@@ -212,7 +232,7 @@ test("the printer shows OK/WARN/FAIL, a fix line for problems, and a summary", (
 });
 
 test("a real run on this machine gives a result for every check", { timeout: 90_000 }, async (t) => {
-  const rs = await runChecks({ guestDir: join(REPO, "guest") });
+  const rs = await runChecks();
   assert.deepEqual(rs.map((r) => r.name), NAMES);
   for (const r of rs) {
     assert.ok(["ok", "warn", "fail"].includes(r.level), r.name);
@@ -227,14 +247,14 @@ test("VM templates: ready ones are listed; a recent failure or a 9p root is a wa
   const dir = "/run/cocoon/vm/templates";
   n.dirs[dir] = ["0123456789abcdef", "fedcba9876543210.failed"];
   n.paths.push(`${dir}/0123456789abcdef/ready`);
-  let rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+  let rs = await runChecks({ env: envOf(n), kvmProbe: KVM_WORKS });
   const t = byName(rs, "vm templates");
   assert.equal(t.level, "warn");
   assert.match(t.detail, /1 ready in \/run\/cocoon\/vm\/templates \(0123456789abcdef\).*recently failed: fedcba9876543210/);
   n.files["/etc/cocoon/cocoon-vm.toml"] = n.files["/etc/cocoon/cocoon-vm.toml"]!.replace(/^rootfs = .*$/m, 'rootfs = "/usr/local/share/cocoon/rootfs"');
   n.dirs["/usr/local/share/cocoon/rootfs"] = ["bin"];
   n.paths.push("/usr/local/share/cocoon/rootfs");
-  rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+  rs = await runChecks({ env: envOf(n), kvmProbe: KVM_WORKS });
   assert.match(byName(rs, "vm templates").detail, /is not an image/);
   assert.equal(checkExitCode(rs), 0);
 });
@@ -244,7 +264,7 @@ test("KSM off or absent is a warning that says how to turn it on, never a failur
     const n = healthyNode();
     if (run === undefined) delete n.files["/sys/kernel/mm/ksm/run"];
     else n.files["/sys/kernel/mm/ksm/run"] = run;
-    const rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
+    const rs = await runChecks({ env: envOf(n), kvmProbe: KVM_WORKS });
     const k = byName(rs, "ksm");
     assert.equal(k.level, "warn");
     if (run) assert.match(k.fix, /echo 1 > \/sys\/kernel\/mm\/ksm\/run.*nokaslr/);

@@ -50,8 +50,6 @@ function fakeSource(root: string) {
   w("node_modules/koffi/package.json", '{"name":"koffi"}');
   w("node_modules/koffi/index.js", "js");
   w("node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node", "binary");
-  w("guest/kvm-probe.sh", "#!/bin/sh\n", 0o755);
-  w("guest/lib/qemu-args.sh", "# args\n");
   w("guest/out/vmlinuz", "kernel");
   w("guest/out/initramfs.cpio.zst", "initrd");
   w("guest/out/initramfs-9p.cpio.zst", "initrd 9p");
@@ -127,8 +125,6 @@ test("install puts every piece in place below the host root", async () => {
     "opt/cocoon/dist/cocoon.cjs",
     "opt/cocoon/bin/containerd-shim-cocoon-v2",
     "opt/cocoon/bin/node",
-    "opt/cocoon/guest/kvm-probe.sh",
-    "opt/cocoon/guest/lib/qemu-args.sh",
     "opt/cocoon/node_modules/koffi/index.js",
     "opt/cocoon/node_modules/@koromix/koffi-linux-x64/linux_x64/koffi.node",
     "opt/cocoon/" + PREFIX_MARKER,

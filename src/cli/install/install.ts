@@ -308,12 +308,6 @@ export async function install(o: InstallOptions): Promise<Report> {
   for (const n of natives) ops.copyDir(join(src, "node_modules", "@koromix", n), join(prefix, "node_modules", "@koromix", n));
   const nodeBinary = o.nodeBinary ?? process.execPath;
   if (nodeBinary) ops.copyFile(nodeBinary, join(prefix, "bin", "node"), 0o755);
-  // The bounded KVM test boot, for `cocoon check` on the node (it boots the assets from step 4).
-  if (existsSync(join(src, "guest", "kvm-probe.sh"))) {
-    ops.mkdir(join(prefix, "guest"));
-    ops.copyFile(join(src, "guest", "kvm-probe.sh"), join(prefix, "guest", "kvm-probe.sh"), 0o755);
-    if (existsSync(join(src, "guest", "lib"))) ops.copyDir(join(src, "guest", "lib"), join(prefix, "guest", "lib"));
-  }
   ops.writeFile(join(prefix, PREFIX_MARKER), JSON.stringify({ layout: l, installedAt: new Date().toISOString() }, null, 2) + "\n", 0o644);
 
   // 2. Wrappers on containerd's PATH.

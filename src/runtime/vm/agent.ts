@@ -2,8 +2,8 @@
 import { Agent } from "../../gen/cocoon/agent/v1/agent_pb.js";
 import { TtrpcClient, type TypedClient } from "../../ttrpc/index.js";
 import type { VmHandle } from "./hypervisor.js";
+import { AGENT_SERVICE } from "../../core/guest-abi.js";
 
-export const AGENT_SERVICE = "cocoon.agent.v1.Agent";
 export type AgentApi = TypedClient<typeof Agent>;
 
 export function agentApi(client: TtrpcClient): AgentApi {

@@ -5,6 +5,7 @@ import path from "node:path";
 import { TtrpcClient } from "../../ttrpc/index.js";
 import { agentLink, type AgentLink, type ConnectAgent } from "./agent.js";
 import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
+import { AGENT_LOG_HOST_CONNECTED, AGENT_LOG_HOST_DISCONNECTED } from "../../core/guest-abi.js";
 
 /** Connects to the agent's socket as soon as QEMU has made it; fails if QEMU exits or time runs out. */
 export async function connectAgent(vm: VmHandle, timeoutMs: number): Promise<TtrpcClient> {
@@ -45,7 +46,7 @@ function agentSawHangUp(consoleLog: string): boolean {
   try {
     text = readFileSync(consoleLog, "utf8");
   } catch {}
-  return text.lastIndexOf('msg="host disconnected"') > text.lastIndexOf('msg="host connected"');
+  return text.lastIndexOf(`msg="${AGENT_LOG_HOST_DISCONNECTED}"`) > text.lastIndexOf(`msg="${AGENT_LOG_HOST_CONNECTED}"`);
 }
 
 /**

@@ -6,17 +6,23 @@ import path from "node:path";
 import { spawnChild } from "../../sys/children.js";
 import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";
 import { Qmp } from "./qmp.js";
+import { AGENT_PORT_NAME, KERNEL_PARAM, PMEM_ROOT_DEVICE, ROOT_SHARE_TAG, SHARE_TAG } from "../../core/guest-abi.js";
 
 /**
- * Kernel parameters that skip work a pod VM never needs (measured with guest/boot-check.sh under TCG:
- * /init starts ~0.5 s and the agent ~0.7 s sooner): crypto self-tests, probing the emulated PS/2
- * controller, the IO-APIC timer check and the TSC watchdog (a VMM's TSC is what the guest has), PCI
- * buses beyond the root one (every device here sits on it), and slow RCU grace periods at boot.
+ * Kernel parameters that skip work a pod VM never needs (measured under TCG: /init starts ~0.5 s and
+ * the agent ~0.7 s sooner): crypto self-tests, probing the emulated PS/2 controller, the IO-APIC
+ * timer check and the TSC watchdog (a VMM's TSC is what the guest has), PCI buses beyond the root
+ * one (every device here sits on it), and slow RCU grace periods at boot.
  */
-export const FAST_BOOT_PARAMS = [
+const FAST_BOOT_PARAMS = [
   "cryptomgr.notests", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
   "no_timer_check", "tsc=reliable", "rcupdate.rcu_expedited=1", "pci=lastbus=0",
 ];
+/**
+ * Every guest boot's command line starts so. The initramfs root holds ~100 MB; the kernel's default
+ * tmpfs rootfs is capped at half of RAM, ramfs is not, so small guests can unpack it.
+ */
+const BASE_PARAMS = ["console=ttyS0", "quiet", "panic=-1", "rootfstype=ramfs", ...FAST_BOOT_PARAMS];
 
 /**
  * The template's NIC MAC. Every clone's NIC starts with it (the device state comes from the snapshot);
@@ -26,26 +32,32 @@ export const TEMPLATE_MAC = "52:54:00:c0:c0:01";
 /** The tap QEMU creates for itself in a private network namespace when a template VM has no pod network. */
 const PRIVATE_TAP = "cocoon0";
 
-export function qemuArgs(s: VmSpec): string[] {
-  const agentSocket = path.join(s.runDir, "agent.sock");
-  const append = ["console=ttyS0", "quiet", "panic=-1", "rootfstype=ramfs", ...FAST_BOOT_PARAMS];
-  const tpl = s.template;
-  const a = [
+/** What every QEMU we start has: no defaults, no display, exit on reboot; machine, accelerator, CPU, size. */
+function machineArgs(s: Pick<VmSpec, "accel" | "tcgCacheMiB" | "vcpus">, machine: string, memory: string): string[] {
+  return [
     "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     // Under TCG, QEMU's translated-code cache defaults to a large share of host memory per VM
     // (measured ~160 MiB per pod); a smaller one trades some boot time for much less memory (bench/).
-    "-M", tpl ? "q35,memory-backend=ram0" : "q35", "-accel", s.accel === "tcg" && s.tcgCacheMiB > 0 ? `tcg,tb-size=${s.tcgCacheMiB}` : s.accel, "-cpu", s.accel === "kvm" ? "host" : "max",
-    "-m", memoryArg(s), "-smp", String(s.vcpus),
+    "-M", machine, "-accel", s.accel === "tcg" && s.tcgCacheMiB > 0 ? `tcg,tb-size=${s.tcgCacheMiB}` : s.accel, "-cpu", s.accel === "kvm" ? "host" : "max",
+    "-m", memory, "-smp", String(s.vcpus),
   ];
+}
+
+/** A pod VM (or template VM): the guest kernel, initrd and root, the agent's port, the share, the NIC. */
+export function qemuArgs(s: VmSpec): string[] {
+  const agentSocket = path.join(s.runDir, "agent.sock");
+  const append = [...BASE_PARAMS];
+  const tpl = s.template;
+  const a = machineArgs(s, tpl ? "q35,memory-backend=ram0" : "q35", memoryArg(s));
   if (tpl) a.push("-object", `memory-backend-file,id=ram0,size=${s.memoryMiB}M,mem-path=${tpl.memoryFile},share=${tpl.role === "build" ? "on" : "off"}`);
   a.push(
     "-kernel", s.kernel, "-initrd", s.initrd,
     "-serial", `file:${path.join(s.runDir, "console.log")}`,
     "-device", "virtio-serial-pci,id=vser0",
     "-chardev", `socket,id=agent,path=${agentSocket},server=on,wait=off`,
-    "-device", "virtserialport,bus=vser0.0,chardev=agent,name=agent.0",
+    "-device", `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
     "-fsdev", `local,id=fs0,path=${s.sharedDir},security_model=none`,
-    "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=cocoon",
+    "-device", `virtio-9p-pci,fsdev=fs0,mount_tag=${SHARE_TAG}`,
     "-device", "virtio-rng-pci",
     // Free page reporting: pages the guest frees (an exited container's memory, dropped caches) go
     // back to the host within seconds instead of staying resident in QEMU for the VM's lifetime.
@@ -57,8 +69,8 @@ export function qemuArgs(s: VmSpec): string[] {
   );
   if (s.root?.kind === "dir") {
     a.push("-fsdev", `local,id=fsroot,path=${s.root.path},security_model=none,readonly=on`,
-      "-device", "virtio-9p-pci,fsdev=fsroot,mount_tag=cocoon-root");
-    append.push("cocoon.root=cocoon-root");
+      "-device", `virtio-9p-pci,fsdev=fsroot,mount_tag=${ROOT_SHARE_TAG}`);
+    append.push(`${KERNEL_PARAM.root}=${ROOT_SHARE_TAG}`);
   } else if (s.root?.kind === "image") {
     // A private, read-only file mapping: guest reads fault in the host's page cache pages of the
     // image, which every VM (and the host) shares; nothing the guest does can change the file.
@@ -69,7 +81,7 @@ export function qemuArgs(s: VmSpec): string[] {
     // kernel think it may need DMA bounce buffers and zero 64 MiB of RAM for them at boot (+64 MiB
     // host memory per VM, measured). Virtio devices here use guest-physical addresses directly
     // and never bounce, so 1 MiB (512 slabs of 2 KiB) is plenty.
-    append.push("cocoon.root=/dev/pmem0", "swiotlb=512");
+    append.push(`${KERNEL_PARAM.root}=${PMEM_ROOT_DEVICE}`, "swiotlb=512");
   }
   if (tpl) {
     // Every template VM has the same devices, since a clone must match its template's: a NIC (on the
@@ -79,7 +91,7 @@ export function qemuArgs(s: VmSpec): string[] {
       "-device", `virtio-net-pci,netdev=net0,mac=${TEMPLATE_MAC}`,
       "-device", "vmgenid,guid=auto",
       "-qmp", `unix:${path.join(s.runDir, "qmp.sock")},server=on,wait=off`);
-    append.push("cocoon.template=1");
+    append.push(`${KERNEL_PARAM.template}=1`);
     if (tpl.role === "clone") a.push("-incoming", "defer");
   } else if (s.tap) {
     a.push("-netdev", `tap,id=net0,ifname=${s.tap.name},script=no,downscript=no`,
@@ -88,6 +100,21 @@ export function qemuArgs(s: VmSpec): string[] {
   if (s.kernelParams) append.push(s.kernelParams);
   a.push("-append", append.join(" "));
   return a;
+}
+
+/** Words on a probe boot's console that say the guest kernel ran to its end (see probeArgs). */
+export const PROBE_BOOTED = /Kernel panic|VFS: Unable to mount root/;
+
+/**
+ * The accelerator probe's boot: the guest kernel alone, with nothing to mount, so that it runs until
+ * its root-mount panic (PROBE_BOOTED on the console) and QEMU exits (panic=-1, -no-reboot).
+ */
+export function probeArgs(p: { kernel: string; accel: "kvm" | "tcg"; consoleLog: string }): string[] {
+  return [
+    ...machineArgs({ accel: p.accel, tcgCacheMiB: 0, vcpus: 1 }, "q35", "128M"),
+    "-kernel", p.kernel, "-serial", `file:${p.consoleLog}`,
+    "-append", [...BASE_PARAMS, "root=/dev/nonexistent"].join(" "),
+  ];
 }
 
 const MIB = 1024 * 1024;

@@ -17,7 +17,9 @@ import type { Mount, OciSpec } from "../../shim/runtime.js";
 import { AT_FDCWD, O_CLOEXEC, O_PATH, RESOLVE_NO_SYMLINKS, type Sys } from "../../sys/types.js";
 import { createFile, ensureDir, fdPath, isEntryName, isUnder, openRoot, removeEntry, removeTree, reopen, unmountUnder, withFd, type Root } from "./beneath.js";
 
-export const GUEST_SHARED_DIR = "/mnt/cocoon";
+import { GUEST_SHARED_DIR } from "../../core/guest-abi.js";
+
+export { GUEST_SHARED_DIR };
 
 interface OciMount {
   destination: string;
