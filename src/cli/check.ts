@@ -1,40 +1,21 @@
 // `cocoon check`: is this node ready to run Cocoon pods? One line per prerequisite with OK/WARN/FAIL and,
 // when not OK, what to do about it. Everything the checks look at goes through CheckEnv so that the
 // decisions can be tested with a fake node.
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { Command } from "commander";
 import { parse as parseToml } from "smol-toml";
 import { defaultConfig, parseConfig, settingsFor } from "../shim/config.js";
 import { MODES } from "../runtime/modes.js";
-import type { RuncSettings } from "../runtime/runc/settings.js";
-import type { VmConfig } from "../runtime/vm/settings.js";
-import { hostDevices, kvmDeviceProblem, probeAccel, type AccelProbe } from "../runtime/vm/kvm.js";
-import { isTemplateKey } from "../runtime/vm/template.js";
+import { hostDevices } from "../runtime/vm/kvm.js";
+import { fail, firstLine, ok, warn, type CheckLevel, type CheckResult, type NodeCheckOptions, type NodeView } from "../shim/node-check.js";
 import { CRI_PLUGIN, RUNTIME_TYPE, criRuntimes, type RegisteredRuntime } from "./install/containerd-config.js";
-import { runCommand, type Runner } from "./install/host.js";
+import { runCommand } from "./install/host.js";
 
-export type CheckLevel = "ok" | "warn" | "fail";
-
-export interface CheckResult {
-  name: string;
-  /** False only for FAIL: WARN means usable with a caveat. */
-  ok: boolean;
-  level: CheckLevel;
-  detail: string;
-  /** What to do about a WARN/FAIL ("" for OK). */
-  fix: string;
-}
+export type { CheckLevel, CheckResult };
 
 /** The node as the checks see it. */
-export interface CheckEnv {
-  run: Runner;
-  readFile(path: string): string | undefined;
-  exists(path: string): boolean;
-  listDir(path: string): string[] | undefined;
-  /** Opens a device read-write; returns "" on success or the error code. */
-  openRW(path: string): string;
+export interface CheckEnv extends NodeView {
   /** Loads koffi; resolves to a description (e.g. its version) or rejects. */
   loadKoffi(): Promise<string>;
   pathDirs(): string[];
@@ -44,11 +25,10 @@ export interface CheckOptions {
   /** containerd's config (default /etc/containerd/config.toml). */
   containerdConfig?: string;
   env?: CheckEnv;
-  /**
-   * The accelerator probe (default: the shim's, src/runtime/vm/kvm.ts, plus a TCG boot when KVM is
-   * out); "skip": only see whether /dev/kvm opens.
-   */
-  kvmProbe?: ((vm: VmConfig) => Promise<AccelProbe>) | "skip";
+  /** Skip the modes' slow probes (a test boot of a VM, of a sandbox): only see whether devices open. */
+  skipSlowProbes?: boolean;
+  /** Stand-ins for named slow probes (tests), e.g. `accel` (vm mode's accelerator probe). */
+  probes?: Record<string, (arg: never) => Promise<unknown>>;
 }
 
 const HANDLERS = MODES.map((m) => ({ name: m.handler, mode: m.name, file: `/etc/cocoon/${m.configFile}` }));
@@ -82,11 +62,6 @@ export const realEnv: CheckEnv = {
   pathDirs: () => (process.env["PATH"] ?? "").split(":").filter(Boolean),
 };
 
-const ok = (name: string, detail: string): CheckResult => ({ name, ok: true, level: "ok", detail, fix: "" });
-const warn = (name: string, detail: string, fix: string): CheckResult => ({ name, ok: true, level: "warn", detail, fix });
-const fail = (name: string, detail: string, fix: string): CheckResult => ({ name, ok: false, level: "fail", detail, fix });
-
-const firstLine = (s: string) => s.trim().split("\n")[0] ?? "";
 
 /** "1.6.20~ds1" → [1, 6]; undefined when there is no version-looking token. */
 export function majorMinor(version: string): [number, number] | undefined {
@@ -166,7 +141,8 @@ function checkHandlers(cfg: EffectiveConfig): { result: CheckResult; runtimes: R
   return { result: ok(name, desc), runtimes: have };
 }
 
-function checkCocoonConfigs(env: CheckEnv, runtimes: RegisteredRuntime[]): { results: CheckResult[]; vm: VmConfig; runc: RuncSettings } {
+/** One line per handler's config file; each mode's settings (from its file, else defaults) for its own checks. */
+function checkCocoonConfigs(env: CheckEnv, runtimes: RegisteredRuntime[]): { results: CheckResult[]; settings: Record<string, unknown> } {
   const results: CheckResult[] = [];
   const loaded: Record<string, unknown> = {};
   for (const h of HANDLERS) {
@@ -187,9 +163,8 @@ function checkCocoonConfigs(env: CheckEnv, runtimes: RegisteredRuntime[]): { res
     }
   }
   const defaults = defaultConfig(MODES);
-  const vm = (loaded["vm"] ?? settingsFor(defaults, "vm")) as VmConfig;
-  const runc = (loaded["runc"] ?? settingsFor(defaults, "runc")) as RuncSettings;
-  return { results, vm, runc };
+  const settings = Object.fromEntries(MODES.map((m) => [m.name, loaded[m.name] ?? settingsFor(defaults, m.name)]));
+  return { results, settings };
 }
 
 function checkShimBinary(env: CheckEnv): CheckResult {
@@ -198,84 +173,6 @@ function checkShimBinary(env: CheckEnv): CheckResult {
   const found = dirs.map((d) => join(d, "containerd-shim-cocoon-v2")).find((p) => env.exists(p));
   if (!found) return fail(name, "containerd-shim-cocoon-v2 is not on containerd's PATH", "run `cocoon install` (it writes /usr/local/bin/containerd-shim-cocoon-v2)");
   return ok(name, found);
-}
-
-async function checkOciRuntime(env: CheckEnv, bin: "runc" | "crun", configured: string): Promise<CheckResult> {
-  const isConfigured = configured === bin || configured.endsWith(`/${bin}`);
-  const exe = isConfigured ? configured : bin;
-  const res = await env.run([exe, "--version"], 10_000);
-  if (res.spawnError || res.code !== 0) {
-    const fix = `apt-get install ${bin}`;
-    return isConfigured
-      ? fail(bin, `${exe} not found, but the cocoon-runc config uses it`, fix)
-      : warn(bin, `${bin} not found (optional; the cocoon-runc config uses ${configured})`, fix);
-  }
-  const version = firstLine(res.stdout).replace(/^.*?version\s+/, "");
-  return ok(bin, `${version}${isConfigured ? " (used by cocoon-runc)" : ""}`);
-}
-
-async function checkQemu(env: CheckEnv, vm: VmConfig): Promise<CheckResult> {
-  const res = await env.run([vm.qemu, "--version"], 10_000);
-  if (res.spawnError || res.code !== 0) {
-    return fail("qemu", `${vm.qemu} not found (needed by the cocoon VM runtime)`, "apt-get install qemu-system-x86 (or set vm.qemu in the VM config)");
-  }
-  return ok("qemu", firstLine(res.stdout));
-}
-
-/** The shim's accelerator probe, with the TCG fallback boot too, in a private temporary directory. */
-async function realProbe(vm: VmConfig): Promise<AccelProbe> {
-  const workDir = mkdtempSync(join(tmpdir(), "cocoon-check-"));
-  try {
-    return await probeAccel({ qemu: vm.qemu, kernel: vm.kernel, workDir, verifyTcg: true });
-  } finally {
-    rmSync(workDir, { recursive: true, force: true });
-  }
-}
-
-async function checkKvm(env: CheckEnv, vm: VmConfig, o: CheckOptions): Promise<CheckResult> {
-  const name = "kvm";
-  const needKvm = vm.accel === "kvm";
-  const fixes = {
-    absent: "enable virtualisation (VT-x/AMD-V, nested virtualisation on a VM) and load kvm_intel/kvm_amd",
-    denied: "run as root or give the containerd user access to /dev/kvm",
-    boot: needKvm ? 'set vm.accel = "auto" or "tcg", or fix KVM on this host' : "fix KVM on this host (nested virtualisation?) for fast VMs",
-  };
-  const noKvm = (detail: string, fix: string) =>
-    needKvm ? fail(name, `${detail}; the VM config sets accel = "kvm"`, fix) : warn(name, `${detail}; VMs run under TCG emulation (much slower)`, fix);
-  if (o.kvmProbe === "skip") {
-    const device = kvmDeviceProblem(env);
-    if (device) return noKvm(`tcg (no KVM: ${device.reason})`, fixes[device.problem]);
-    return warn(name, "/dev/kvm opens; a KVM guest boot was not verified", "run `cocoon check` without --skip-kvm-probe");
-  }
-  // "guest assets" fails for it, with the fix.
-  if (!env.exists(vm.kernel)) return warn(name, `not probed: the guest kernel ${vm.kernel} is missing`, "see guest assets");
-  const p = await (o.kvmProbe ?? realProbe)(vm);
-  if (p.accel === "kvm") return ok(name, `kvm (${p.reason})`);
-  const detail = `tcg (no KVM: ${p.reason})${p.tcg ? `; ${p.tcg.reason}` : ""}`;
-  if (p.tcg && !p.tcg.ok) return fail(name, detail, `QEMU cannot boot the guest kernel at all: check vm.qemu and vm.kernel in the VM config`);
-  return noKvm(detail, fixes[p.kvmProblem ?? "boot"]);
-}
-
-function checkAssets(env: CheckEnv, vm: VmConfig): CheckResult {
-  const assets = [vm.kernel, vm.initrd, vm.rootfs].filter((p) => p);
-  const missing = assets.filter((p) => !env.exists(p));
-  if (missing.length) return fail("guest assets", `missing ${missing.join(", ")}`, "run `cocoon install` (copies guest/out/), or build them with guest/build.sh");
-  return ok("guest assets", assets.join(", "));
-}
-
-/** Whether pod VMs start from VM templates, and which are ready (src/runtime/vm/template.ts). */
-function checkTemplates(env: CheckEnv, vm: VmConfig): CheckResult {
-  const dir = join(vm.stateDir, "templates");
-  if (!vm.template) return ok("vm templates", "off (template = false): every pod VM boots");
-  if (!vm.rootfs || env.listDir(vm.rootfs) !== undefined) {
-    return warn("vm templates", `on, but vm.rootfs "${vm.rootfs}" is not an image (QEMU cannot snapshot a VM with a 9p root): every pod VM boots`, "use the EROFS image (rootfs.erofs) as vm.rootfs");
-  }
-  const entries = env.listDir(dir) ?? [];
-  const ready = entries.filter((n) => isTemplateKey(n) && env.exists(join(dir, n, "ready")));
-  const failed = entries.filter((n) => n.endsWith(".failed")).map((n) => n.slice(0, -".failed".length));
-  const what = ready.length ? `${ready.length} ready in ${dir} (${ready.join(", ")})` : `none built yet in ${dir}; the next pod VM builds one`;
-  if (failed.length) return warn("vm templates", `on; ${what}; recently failed: ${failed.join(", ")} (those pods boot for 10 minutes)`, "see `restoring the VM template failed` or `VM template build failed` in containerd's log");
-  return ok("vm templates", `on; ${what}`);
 }
 
 /** "v2" (unified), "hybrid" (v1 controllers + a v2 mount) or "v1", from /proc/self/mounts. */
@@ -288,18 +185,6 @@ export function cgroupVersion(mounts: string): "v1" | "v2" | "hybrid" | "none" {
   if (v1) return "v1";
   if (v2) return "v2";
   return "none";
-}
-
-/**
- * Kernel samepage merging lets VM pods share the identical pages of their guests (guest kernel text
- * with vm.kernel_params = "nokaslr", zeroed pages); Kata recommends it for density. Advice only.
- */
-function checkKsm(env: CheckEnv): CheckResult {
-  const run = env.readFile("/sys/kernel/mm/ksm/run")?.trim();
-  if (run === undefined) return warn("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm)", "a kernel with CONFIG_KSM lets VM pods share identical guest pages");
-  if (run === "1") return ok("ksm", "on: identical guest pages of VM pods are merged");
-  return warn("ksm", "off: VM pods do not share identical guest pages (measured: ~67 MB more host memory per VM pod with 3 pods, ~82 MB with 10)",
-    'echo 1 > /sys/kernel/mm/ksm/run (and vm.kernel_params = "nokaslr" so guests\' kernel text is identical)');
 }
 
 function checkCgroups(env: CheckEnv): CheckResult {
@@ -351,11 +236,16 @@ export async function runChecks(opts: CheckOptions = {}): Promise<CheckResult[]>
   const effective = await loadContainerdConfig(env, configPath, ctrd.present);
   const handlers = checkHandlers(effective);
   const configs = checkCocoonConfigs(env, handlers.runtimes);
-  const [runc, crun, qemu, kvm, koffi] = await Promise.all([
-    checkOciRuntime(env, "runc", configs.runc.binary),
-    checkOciRuntime(env, "crun", configs.runc.binary),
-    checkQemu(env, configs.vm),
-    checkKvm(env, configs.vm, opts),
+  const nodeOpts: NodeCheckOptions = {
+    skipSlowProbes: !!opts.skipSlowProbes,
+    probe: (name, arg, real) => {
+      const stand = opts.probes?.[name] as ((a: typeof arg) => Promise<never>) | undefined;
+      return stand ? stand(arg) : real(arg);
+    },
+  };
+  // Each mode checks what it needs of the node (src/runtime/*/node-check.ts).
+  const [modeResults, koffi] = await Promise.all([
+    Promise.all(MODES.map((m) => m.checkNode?.(configs.settings[m.name], env, nodeOpts) ?? Promise.resolve([]))),
     checkKoffi(env),
   ]);
   return [
@@ -363,13 +253,7 @@ export async function runChecks(opts: CheckOptions = {}): Promise<CheckResult[]>
     handlers.result,
     ...configs.results,
     checkShimBinary(env),
-    runc,
-    crun,
-    qemu,
-    kvm,
-    checkAssets(env, configs.vm),
-    checkTemplates(env, configs.vm),
-    checkKsm(env),
+    ...modeResults.flat(),
     checkCgroups(env),
     ...checkCni(env, effective.doc),
     koffi,
@@ -400,10 +284,10 @@ export function checkCommand(): Command {
   return new Command("check")
     .description("check that this node has what Cocoon needs (containerd, runtimes, QEMU/KVM, guest assets, cgroups, CNI)")
     .option("--containerd-config <file>", "containerd's config", "/etc/containerd/config.toml")
-    .option("--skip-kvm-probe", "do not boot the guest kernel to verify KVM and TCG (only open /dev/kvm)")
+    .option("--skip-kvm-probe", "skip the modes' test boots (the guest kernel under KVM and TCG, a gVisor sandbox): only open devices")
     .option("--json", "print the results as JSON")
     .action(async (f: { containerdConfig: string; skipKvmProbe?: boolean; json?: boolean }) => {
-      const results = await runChecks({ containerdConfig: f.containerdConfig, ...(f.skipKvmProbe ? { kvmProbe: "skip" as const } : {}) });
+      const results = await runChecks({ containerdConfig: f.containerdConfig, skipSlowProbes: !!f.skipKvmProbe });
       process.stdout.write(f.json ? JSON.stringify(results, null, 2) + "\n" : formatResults(results));
       process.exitCode = checkExitCode(results);
     });

@@ -4,6 +4,7 @@ import type { CocoonConfig } from "./config.js";
 import type { Table } from "./config-fields.js";
 import type { BundleState } from "./delete.js";
 import type { Logger } from "./log.js";
+import type { CheckResult, NodeCheckOptions, NodeView } from "./node-check.js";
 import type { Reaper } from "../sys/reaper.js";
 import type { Sys } from "../sys/types.js";
 
@@ -157,6 +158,8 @@ export interface RuntimeMode<S = unknown> {
   parseSettings(section: Table, where: string): S;
   /** Builds the runtime a daemon serves. */
   create(ctx: RuntimeContext<S>, host: RuntimeHost): Promise<Runtime>;
+  /** Its lines in `cocoon check`: the node's prerequisites for this mode (binaries, devices, assets). */
+  checkNode?(settings: S, node: NodeView, o: NodeCheckOptions): Promise<CheckResult[]>;
   /** `delete` after the daemon is gone: release what the bundle state names. Idempotent. */
   cleanupBundle(sys: Sys, id: string, bundle: string, state: BundleState): Promise<{ pid: number }>;
 }

@@ -4,13 +4,9 @@ import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import type { InstallLayout } from "./layout.js";
 
-export interface CommandResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-  /** Set when the command could not be started at all (e.g. ENOENT). */
-  spawnError?: string;
-}
+import type { CommandResult } from "../../shim/node-check.js";
+
+export type { CommandResult };
 
 /** Runs argv with a hard timeout (SIGKILL); `env` entries are added to this process's environment. */
 export type Runner = (argv: string[], timeoutMs: number, env?: Record<string, string>) => Promise<CommandResult>;

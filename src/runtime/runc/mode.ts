@@ -14,6 +14,10 @@ export const runcMode: RuntimeMode<RuncSettings> = {
     const { RuncRuntime } = await import("./runtime.js");
     return new RuncRuntime(ctx, host.sys, host.reaper);
   },
+  async checkNode(settings, node) {
+    const { checkRuncNode } = await import("./node-check.js");
+    return checkRuncNode(settings, node);
+  },
   async cleanupBundle(sys, id, bundle, state) {
     const { cleanupRuncBundle } = await import("./cleanup.js");
     return cleanupRuncBundle(sys, id, bundle, state);

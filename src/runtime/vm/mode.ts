@@ -15,6 +15,10 @@ export const vmMode: RuntimeMode<VmConfig> = {
     const [{ VmRuntime }, { Qemu }] = await Promise.all([import("./runtime.js"), import("./qemu.js")]);
     return new VmRuntime(ctx, host.sys, new Qemu(ctx.settings.qemu), ctx.settings.stateDir);
   },
+  async checkNode(settings, node, o) {
+    const { checkVmNode } = await import("./node-check.js");
+    return checkVmNode(settings, node, o);
+  },
   async cleanupBundle(sys, id, bundle, state) {
     const { cleanupVmBundle } = await import("./cleanup.js");
     return cleanupVmBundle(sys, id, bundle, state);
