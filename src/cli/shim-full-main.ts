@@ -9,7 +9,7 @@ import { runSpare } from "../shim/spare.js";
 import { RuncRuntime } from "../runtime/runc/runtime.js";
 import { cleanupRuncBundle } from "../runtime/runc/cleanup.js";
 import { cleanupVmBundle } from "../runtime/vm/cleanup.js";
-import { invalidArgument } from "../shim/errors.js";
+import { invalidArgument } from "../core/errors.js";
 import { sys } from "../sys/index.js";
 
 const VERSION = "0.1.0";

@@ -2,7 +2,7 @@
 // it through runtime options (ConfigPath). Every key has a default, so an absent file means runc mode.
 import { readFileSync } from "node:fs";
 import { parse } from "smol-toml";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 
 export type Mode = "runc" | "vm";
 export type Grouping = "pod" | "node";

@@ -3,7 +3,7 @@
 // other runtime types, whose ConfigPath (or inline body) selects the Cocoon config file.
 import { readAny, readGenericOptions, readRuncOptions } from "./options-wire.js";
 import { defaultConfig, loadConfigFile, parseConfig, type CocoonConfig, type RuncConfig } from "./config.js";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 
 export type RuntimeOptions =
   | { kind: "none" }

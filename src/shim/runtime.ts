@@ -1,7 +1,7 @@
 // The contract between the shim SDK and a concrete runtime (runc mode, vm mode). Requests arrive here
 // already converted from wire messages: runtimes never see TTRPC or protobuf task types.
 import type { CocoonConfig, RuncConfig } from "./config.js";
-import type { Logger } from "./log.js";
+import type { Logger } from "../core/log.js";
 
 export interface Mount {
   type: string;

@@ -5,8 +5,8 @@
 import { closeSync, constants as C, fchownSync, fstatSync, mkdirSync, openSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import tty from "node:tty";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
+import { PtyMaster } from "../core/pty.js";
 import type { IoOwner, Stdio } from "./runtime.js";
 import { spawnChild } from "../sys/children.js";
 import type { ChildProcess } from "node:child_process";
@@ -76,10 +76,9 @@ export class ProcessIO {
   private stdinWriter = -1;
   private logger: ChildProcess | undefined;
   private streams: Array<net.Socket> = [];
-  private consoleFd = -1;
+  private pty: PtyMaster | undefined;
   private stdinPath = "";
   private outputWriters: number[] = [];
-  private ptyPeer = -1;
   private sys: Sys;
 
   private constructor(readonly stdio: Stdio, sys: Sys) {
@@ -200,15 +199,9 @@ export class ProcessIO {
 
   /** Terminal mode: copy stdin FIFO -> pty master and pty master -> output. */
   attachConsole(masterFd: number) {
-    this.consoleFd = masterFd;
-    // Until the process has the slave open, reads on the master fail with EIO, which would end the
-    // copy early. Hold a slave fd ourselves until the process exits (see processExited).
-    try {
-      this.ptyPeer = this.sys.openPtyPeer(masterFd);
-    } catch {}
-    const master = new tty.ReadStream(masterFd);
-    // destroy() closes the fd: a late ResizePty must not ioctl a closed (or reused) fd number.
-    master.once("close", () => (this.consoleFd = -1));
+    const pty = new PtyMaster(this.sys, masterFd);
+    this.pty = pty;
+    const master = pty.stream;
     this.streams.push(master);
     const out = this.outputWriters[0];
     if (out !== undefined) {
@@ -226,22 +219,20 @@ export class ProcessIO {
       this.stdinWriter = heldWriter;
       const src = new net.Socket({ fd: reader, readable: true, writable: false });
       this.streams.push(src);
-      // The tty stream that reads the master also writes to it: one libuv handle per fd.
-      src.on("data", (d) => master.write(d));
-      // End of input reaches a canonical-mode pty reader as EOT.
-      src.once("end", () => master.write(Buffer.from([4])));
+      src.on("data", (d) => pty.write(d));
+      src.once("end", () => pty.endInput());
       src.on("error", () => {});
     }
   }
 
   /** The process is gone: let the master see EOF once the remaining output is drained. */
   processExited() {
-    if (this.ptyPeer >= 0) safeClose(this.ptyPeer);
-    this.ptyPeer = -1;
+    this.pty?.processExited();
   }
 
-  get console(): number {
-    return this.consoleFd;
+  /** Sizes the terminal; a process without one ignores it (as containerd's runc shim does). */
+  resize(rows: number, cols: number) {
+    this.pty?.resize(rows, cols);
   }
 
   /** CloseIO: drop the shim's writer so the process sees EOF once the client closes too. */

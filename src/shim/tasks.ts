@@ -7,7 +7,7 @@ import {
   TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema, TaskExecStartedSchema, TaskExitSchema,
   TaskOOMSchema, TaskPausedSchema, TaskResumedSchema, TaskStartSchema,
 } from "../gen/containerd/events/task_pb.js";
-import { alreadyExists, failedPrecondition, notFound } from "./errors.js";
+import { alreadyExists, failedPrecondition, notFound } from "../core/errors.js";
 import type { EventSink } from "./publisher.js";
 import type {
   CreateRequest, ExecRequest, ExitInfo, PidInfo, ProcessRef, Runtime, Stats, Stdio,

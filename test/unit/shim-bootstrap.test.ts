@@ -12,7 +12,7 @@ import { decodeOptionsAny, resolveConfig } from "../../src/shim/options.js";
 import { parseConfig, defaultConfig } from "../../src/shim/config.js";
 import { OptionsSchema as RuncOptions } from "../../src/gen/containerd/runc/options/oci_pb.js";
 import { OptionsSchema as GenericOptions } from "../../src/gen/containerd/runtimeoptions/v1/api_pb.js";
-import { ShimError } from "../../src/shim/errors.js";
+import { ShimError } from "../../src/core/errors.js";
 
 test("parses containerd 1.6 start and delete argv", () => {
   const f = parseShimFlags(["-namespace", "default", "-address", "/run/containerd/containerd.sock", "-publish-binary", "/usr/bin/containerd", "-id", "probe1", "start"]);

@@ -13,7 +13,7 @@ const { assertPrivateDir, createStateFile, ensurePrivateDir, readStateFile, writ
 const { claimRunDir, runDirName } = await import("../../src/runtime/vm/rundir.js");
 const { parseConfig } = await import("../../src/shim/config.js");
 const { FakeSys } = await import("../../src/sys/fake.js");
-const { ShimError } = await import("../../src/shim/errors.js");
+const { ShimError } = await import("../../src/core/errors.js");
 process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const dir = (name: string, mode = 0o700) => {

@@ -5,7 +5,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { ensurePrivateDir, readStateFile, writeStateFile } from "../../shim/statefs.js";
 import path from "node:path";
-import type { Logger } from "../../shim/log.js";
+import type { Logger } from "../../core/log.js";
 
 export interface KvmProbe {
   kvm: boolean;
