@@ -15,7 +15,8 @@ import type { ServiceImpl, TtrpcServer } from "../ttrpc/index.js";
 import { invalidArgument, failedPrecondition } from "../core/errors.js";
 import { decodeOptions } from "./options.js";
 import type { IoOwner, OciSpec, ProcessRef } from "./runtime.js";
-import { exitedAtOrZero, type ProcessStatus, type TaskManager } from "./tasks.js";
+import type { ProcessStatus } from "../core/process.js";
+import { exitedAtOrZero, type TaskManager } from "./tasks.js";
 import type { Logger } from "../core/log.js";
 
 export const TASK_SERVICE_V2 = "containerd.task.v2.Task";
