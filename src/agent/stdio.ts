@@ -2,10 +2,11 @@
 // pipes (crun passes its own stdio down to the container), which the agent reads into output
 // buffers and writes stdin into. With a terminal, crun hands over a pty master through the console
 // socket; the master carries both directions and there is no separate stderr.
-import { closeSync, openSync } from "node:fs";
+import { openSync } from "node:fs";
 import net from "node:net";
 import type { Sys } from "../sys/types.js";
 import { failedPrecondition } from "../core/errors.js";
+import { ChildFds } from "../core/fds.js";
 import { PtyMaster } from "../core/pty.js";
 import { OutputBuffer } from "./output.js";
 
@@ -18,17 +19,11 @@ export interface StdioFlags {
 
 export type StreamName = "stdout" | "stderr";
 
-function safeClose(fd: number) {
-  try {
-    closeSync(fd);
-  } catch {}
-}
-
 export class ProcessStdio {
   readonly stdout = new OutputBuffer();
   readonly stderr = new OutputBuffer();
   /** fds the OCI runtime gets as 0, 1, 2 when it starts the process; ours are closed right after. */
-  private child: [number, number, number] = [-1, -1, -1];
+  private readonly child = new ChildFds();
   private stdinPipe: net.Socket | undefined;
   private stdinClosed = false;
   private pty: PtyMaster | undefined;
@@ -56,7 +51,7 @@ export class ProcessStdio {
   private setup() {
     if (this.flags.terminal) {
       // crun's own stdio does not reach the container; the pty does.
-      this.child = [openSync("/dev/null", "r"), openSync("/dev/null", "w"), openSync("/dev/null", "w")];
+      this.child.set([openSync("/dev/null", "r"), openSync("/dev/null", "w"), openSync("/dev/null", "w")]);
       this.stderr.end();
       if (!this.flags.stdout) this.stdout.end();
       return;
@@ -71,9 +66,11 @@ export class ProcessStdio {
     } else {
       stdin = openSync("/dev/null", "r");
     }
-    this.child[0] = stdin;
-    this.child[1] = this.outputPipe(this.flags.stdout, this.stdout);
-    this.child[2] = this.outputPipe(this.flags.stderr, this.stderr);
+    // Held as soon as opened, so that a failure further on closes them (see open).
+    const fds: [number, number, number] = [stdin, -1, -1];
+    this.child.set(fds);
+    fds[1] = this.outputPipe(this.flags.stdout, this.stdout);
+    fds[2] = this.outputPipe(this.flags.stderr, this.stderr);
   }
 
   private outputPipe(wanted: boolean, buf: OutputBuffer): number {
@@ -89,13 +86,12 @@ export class ProcessStdio {
   }
 
   childFds(): [number, number, number] {
-    return this.child;
+    return this.child.get();
   }
 
   /** The runtime has its copies (or failed): drop ours, so EOF comes when the process closes its own. */
   releaseChildFds() {
-    for (const fd of this.child) if (fd >= 0) safeClose(fd);
-    this.child = [-1, -1, -1];
+    this.child.release();
   }
 
   /** Terminal mode: the pty master crun sent through the console socket. Takes ownership of the fd. */

@@ -1,7 +1,7 @@
 // The pty master an OCI runtime hands over through the console socket, for a process with a terminal.
-import { closeSync } from "node:fs";
 import tty from "node:tty";
 import type { Sys } from "../sys/types.js";
+import { closeQuietly } from "./fds.js";
 
 /** End of input reaches a canonical-mode terminal reader as EOT. */
 const EOT = Buffer.from([4]);
@@ -48,9 +48,7 @@ export class PtyMaster {
   /** The process is gone: let the master reach EOF once its output is read. */
   processExited(): void {
     if (this.peer < 0) return;
-    try {
-      closeSync(this.peer);
-    } catch {}
+    closeQuietly(this.peer);
     this.peer = -1;
   }
 

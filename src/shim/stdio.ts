@@ -6,6 +6,7 @@ import { closeSync, constants as C, fchownSync, fstatSync, mkdirSync, openSync }
 import net from "node:net";
 import path from "node:path";
 import { invalidArgument } from "../core/errors.js";
+import { ChildFds, closeQuietly } from "../core/fds.js";
 import { PtyMaster } from "../core/pty.js";
 import type { IoOwner, Stdio } from "./runtime.js";
 import { spawnChild } from "../sys/children.js";
@@ -70,7 +71,7 @@ export interface IoContext {
 
 export class ProcessIO {
   /** fds the process (or its OCI runtime) gets as 0, 1, 2; closed in the shim after the spawn. */
-  private child: [number, number, number] = [-1, -1, -1];
+  private readonly child = new ChildFds();
   /** fds the shim keeps for the life of the process. */
   private held: number[] = [];
   private stdinWriter = -1;
@@ -112,8 +113,8 @@ export class ProcessIO {
       this.stdinWriter = heldWriter;
     }
     const [out, err] = await this.outputFds(target, ctx);
-    this.child = [stdin >= 0 ? stdin : devNull(), out, err];
-    if (ctx.owner) giveFifos(this.child, ctx.owner);
+    this.child.set([stdin >= 0 ? stdin : devNull(), out, err]);
+    if (ctx.owner) giveFifos(this.child.get(), ctx.owner);
   }
 
   private async outputFds(target: OutputTarget, ctx: IoContext): Promise<[number, number]> {
@@ -180,21 +181,18 @@ export class ProcessIO {
   }
 
   childFds(): [number, number, number] {
-    return this.child;
+    return this.child.get();
   }
 
   /** Hands the three fds over to the caller, who then owns (and closes) them: for shims that relay
    *  the streams themselves instead of giving them to a local process (vm mode). */
   takeChildFds(): [number, number, number] {
-    const fds = this.child;
-    this.child = [-1, -1, -1];
-    return fds;
+    return this.child.take();
   }
 
   /** After the process (or the OCI runtime that starts it) got its copies, drop the shim's. */
   releaseChildFds() {
-    for (const fd of this.child) if (fd >= 0) safeClose(fd);
-    this.child = [-1, -1, -1];
+    this.child.release();
   }
 
   /** Terminal mode: copy stdin FIFO -> pty master and pty master -> output. */
@@ -237,7 +235,7 @@ export class ProcessIO {
 
   /** CloseIO: drop the shim's writer so the process sees EOF once the client closes too. */
   closeStdin() {
-    if (this.stdinWriter >= 0) safeClose(this.stdinWriter);
+    if (this.stdinWriter >= 0) closeQuietly(this.stdinWriter);
     this.stdinWriter = -1;
   }
 
@@ -245,9 +243,9 @@ export class ProcessIO {
     this.processExited();
     this.releaseChildFds();
     this.closeStdin();
-    for (const fd of this.held) safeClose(fd);
+    for (const fd of this.held) closeQuietly(fd);
     this.held = [];
-    for (const fd of this.outputWriters) safeClose(fd);
+    for (const fd of this.outputWriters) closeQuietly(fd);
     this.outputWriters = [];
     for (const s of this.streams) s.destroy();
     this.streams = [];
@@ -273,10 +271,4 @@ function openFifoReaderNonBlocking(p: string): { reader: number; heldWriter: num
   const reader = openSync(p, C.O_RDONLY | C.O_NONBLOCK);
   const heldWriter = openSync(p, C.O_WRONLY);
   return { reader, heldWriter };
-}
-
-function safeClose(fd: number) {
-  try {
-    closeSync(fd);
-  } catch {}
 }
