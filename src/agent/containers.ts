@@ -1,26 +1,24 @@
 // Containers of the pod, run by crun inside the guest. Bundles live in /run/cocoon/<id>/; container
 // processes are re-parented to the agent (PID 1), whose reaper reports their exits.
 import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Reaper } from "../sys/reaper.js";
-import type { FdReceiver, Sys } from "../sys/types.js";
-import { CGROUP_ROOT, readMetrics } from "./cgroup-stats.js";
-import type { Crun } from "./crun.js";
-import { alreadyExists, failedPrecondition, invalidArgument, notFound, errorText } from "./errors.js";
-import type { Logger } from "./log.js";
-import type { OomMonitor } from "./oom.js";
+import type { Sys } from "../sys/types.js";
+import { Cgroup, type EncodedMetrics } from "../core/cgroups.js";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, errorText } from "../core/errors.js";
+import { launchProcess } from "../core/launch.js";
+import type { Logger } from "../core/log.js";
+import type { OciCli } from "../core/oci-cli.js";
+import { watchOom } from "../core/oom.js";
+import { signalPid, type ExitInfo } from "../core/process.js";
+import type { OomEvents } from "./oom.js";
 import { AgentProcess } from "./process.js";
-import type { ProcessExit } from "./process.js";
 import { cgroupPathOf, guestProcess, guestSpec, parseJsonObject } from "./spec.js";
 import { ProcessStdio } from "./stdio.js";
 import type { StdioFlags, StreamName } from "./stdio.js";
-import type { Metrics } from "../gen/cgroups/v2/metrics_pb.js";
 
 export const BUNDLE_ROOT = "/run/cocoon";
-const CONSOLE_TIMEOUT_MS = 30_000;
-
-type Status = "created" | "running" | "paused" | "stopped";
 
 interface Exec {
   proc: AgentProcess;
@@ -33,8 +31,9 @@ interface Exec {
 interface Container {
   id: string;
   bundle: string;
+  /** Its status is the container's. */
   init: AgentProcess;
-  status: Status;
+  cgroup: Cgroup;
   execs: Map<string, Exec>;
   stopOom: () => void;
 }
@@ -42,8 +41,8 @@ interface Container {
 export interface ContainerDeps {
   sys: Sys;
   reaper: Reaper;
-  crun: Crun;
-  oom: OomMonitor;
+  crun: OciCli;
+  oom: OomEvents;
   log: Logger;
   /** Where bundles go (tests may point it elsewhere). */
   bundleRoot?: string;
@@ -64,12 +63,6 @@ function checkId(kind: string, id: string) {
   }
 }
 
-function readPid(file: string): number {
-  const pid = Number(readFileSync(file, "utf8").trim());
-  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`bad pid file ${file}`);
-  return pid;
-}
-
 function defaultApplySysctl(key: string, value: string) {
   writeFileSync(path.join("/proc/sys", key.replaceAll(".", "/")), value);
 }
@@ -79,7 +72,6 @@ export class Containers {
   /** Ids whose CreateContainer is under way. */
   private readonly creating = new Set<string>();
   private readonly bundleRoot: string;
-  private consoleSeq = 0;
 
   constructor(private readonly d: ContainerDeps) {
     this.bundleRoot = d.bundleRoot ?? BUNDLE_ROOT;
@@ -106,13 +98,8 @@ export class Containers {
   /** Containers whose init still runs, by its pid: the ones whose namespaces another may join. */
   private namespaceOwners(): Map<number, string> {
     const owners = new Map<number, string>();
-    for (const c of this.containers.values()) if (c.status !== "stopped" && c.init.pid > 0) owners.set(c.init.pid, c.id);
+    for (const c of this.containers.values()) if (c.init.status !== "stopped" && c.init.pid > 0) owners.set(c.init.pid, c.id);
     return owners;
-  }
-
-  private consoleSocket(): FdReceiver {
-    const p = path.join(this.bundleRoot, `pty-${process.pid}-${++this.consoleSeq}-${randomBytes(3).toString("hex")}.sock`);
-    return this.d.sys.receiveFd(p, CONSOLE_TIMEOUT_MS);
   }
 
   async create(id: string, specJson: Uint8Array, flags: StdioFlags): Promise<number> {
@@ -122,7 +109,6 @@ export class Containers {
     const log = this.d.log.child({ container: id });
     const bundle = path.join(this.bundleRoot, id);
     let stdio: ProcessStdio | undefined;
-    let receiver: FdReceiver | undefined;
     let created = false;
     try {
       const { spec, netSysctls, notes } = guestSpec(specJson, id, flags.terminal, this.namespaceOwners());
@@ -137,37 +123,28 @@ export class Containers {
       rmSync(bundle, { recursive: true, force: true });
       mkdirSync(bundle, { recursive: true, mode: 0o700 });
       writeFileSync(path.join(bundle, "config.json"), JSON.stringify(spec));
-      stdio = ProcessStdio.open(flags, this.d.sys);
+      const io = ProcessStdio.open(flags, this.d.sys);
+      stdio = io;
       const pidFile = path.join(bundle, "init.pid");
-      const args = ["--bundle", bundle, "--pid-file", pidFile];
-      if (flags.terminal) {
-        receiver = this.consoleSocket();
-        args.push("--console-socket", receiver.path);
-      }
-      args.push(id);
-      try {
-        await this.d.crun.run("create", args, { stdio: stdio.childFds() });
-      } finally {
-        stdio.releaseChildFds();
-      }
-      created = true;
-      if (receiver) stdio.attachConsole(await receiver.received);
-      const init = new AgentProcess(id, "", stdio);
-      init.pid = readPid(pidFile);
-      const c: Container = { id, bundle, init, status: "created", execs: new Map(), stopOom: () => {} };
-      c.stopOom = this.d.oom.watch(id, path.join(CGROUP_ROOT, cgroupPathOf(id)));
+      const pid = await launchProcess(async (consoleSocket) => {
+        await this.d.crun.create(id, { bundle, pidFile, consoleSocket, stdio: io.childFds() });
+        created = true;
+      }, { sys: this.d.sys, io, terminal: flags.terminal, consoleDir: this.bundleRoot, pidFile });
+      const init = new AgentProcess(id, "", io);
+      init.pid = pid;
+      const cgroup = new Cgroup(cgroupPathOf(id));
+      const c: Container = { id, bundle, init, cgroup, execs: new Map(), stopOom: () => {} };
+      c.stopOom = watchOom(cgroup, this.d.sys, () => this.d.oom.publish(id));
       this.containers.set(id, c);
       this.d.reaper.watch(init.pid, (e) => {
         log.info("init exited", { pid: init.pid, status: e.status });
-        c.status = "stopped";
         init.exited(e);
       });
       log.info("container created", { pid: init.pid, terminal: flags.terminal });
       return init.pid;
     } catch (err) {
-      receiver?.close();
       stdio?.abandon();
-      if (created) await this.d.crun.run("delete", ["--force", id]).catch(() => {});
+      if (created) await this.d.crun.delete(id).catch(() => {});
       rmSync(bundle, { recursive: true, force: true });
       log.warn("create failed", { err: errorText(err) });
       throw err;
@@ -179,41 +156,30 @@ export class Containers {
   async start(ref: ProcessRef): Promise<number> {
     const c = this.get(ref.containerId);
     if (!ref.execId) {
-      if (c.status !== "created") throw failedPrecondition(`container ${c.id} is ${c.status}, not created`);
-      await this.d.crun.run("start", [c.id]);
+      if (c.init.status !== "created") throw failedPrecondition(`container ${c.id} is ${c.init.status}, not created`);
+      await this.d.crun.start(c.id);
       // The init may already have exited (and been recorded) by now.
-      if (c.status === "created") c.status = "running";
+      c.init.started(c.init.pid);
       this.d.log.info("container started", { container: c.id, pid: c.init.pid });
       return c.init.pid;
     }
     const e = c.execs.get(ref.execId);
     if (!e) throw notFound(`process ${ref.execId} not found in container ${c.id}`);
-    if (e.proc.started || e.starting) throw failedPrecondition(`process ${ref.execId} was already started`);
-    if (c.status !== "running" && c.status !== "paused") {
-      throw failedPrecondition(`container ${c.id} is ${c.status}: cannot start process ${ref.execId}`);
-    }
+    if (e.proc.status !== "created" || e.starting) throw failedPrecondition(`process ${ref.execId} was already started`);
+    if (!c.init.alive) throw failedPrecondition(`container ${c.id} is ${c.init.status}: cannot start process ${ref.execId}`);
     e.starting = true;
     const tag = randomBytes(4).toString("hex");
     const processFile = path.join(c.bundle, `exec-${tag}.json`);
     const pidFile = path.join(c.bundle, `exec-${tag}.pid`);
     writeFileSync(processFile, JSON.stringify(e.process));
-    const args = ["--detach", "--pid-file", pidFile, "--process", processFile];
-    let receiver: FdReceiver | undefined;
+    const io = e.proc.stdio;
     try {
-      if (e.terminal) {
-        receiver = this.consoleSocket();
-        args.push("--console-socket", receiver.path);
-      }
-      args.push(c.id);
-      try {
-        await this.d.crun.run("exec", args, { stdio: e.proc.stdio.childFds() });
-      } finally {
-        e.proc.stdio.releaseChildFds();
-      }
-      if (receiver) e.proc.stdio.attachConsole(await receiver.received);
-      e.proc.pid = readPid(pidFile);
+      const pid = await launchProcess(
+        (consoleSocket) => this.d.crun.exec(c.id, { processFile, pidFile, consoleSocket, stdio: io.childFds() }),
+        { sys: this.d.sys, io, terminal: e.terminal, consoleDir: this.bundleRoot, pidFile },
+      );
+      e.proc.started(pid);
     } catch (err) {
-      receiver?.close();
       // Nothing will run: WaitProcess callers learn it as an exit, readers get eof.
       e.proc.stdio.abandon();
       e.proc.exited({ status: 255, at: new Date() });
@@ -251,20 +217,14 @@ export class Containers {
     const c = this.get(ref.containerId);
     if (ref.execId) {
       const p = this.proc(ref);
-      if (!p.started) throw notFound(`process ${ref.execId} has not been started`);
-      if (p.exit) throw notFound(`process ${ref.execId} already finished`);
-      try {
-        process.kill(p.pid, signal);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === "ESRCH") throw notFound(`process ${ref.execId} already finished`);
-        throw invalidArgument(`kill ${p.pid} ${signal}: ${errorText(err)}`);
-      }
+      if (p.status === "created") throw failedPrecondition(`exec ${ref.execId} has not been started`);
+      if (p.exit) throw notFound(`process ${ref.execId}: process already finished`);
+      signalPid(p.pid, signal);
       return;
     }
     if (c.init.exit && !all) throw notFound(`container ${c.id}: process already finished`);
-    const args = all ? ["--all", c.id, String(signal)] : [c.id, String(signal)];
     try {
-      await this.d.crun.run("kill", args);
+      await this.d.crun.kill(c.id, signal, all);
     } catch (err) {
       // The init exited while crun was on its way.
       if (c.init.exit) {
@@ -275,7 +235,7 @@ export class Containers {
     }
   }
 
-  wait(ref: ProcessRef, signal?: AbortSignal): Promise<ProcessExit> {
+  wait(ref: ProcessRef, signal?: AbortSignal): Promise<ExitInfo> {
     return this.proc(ref).wait(signal);
   }
 
@@ -284,18 +244,14 @@ export class Containers {
     const c = this.get(ref.containerId);
     const e = c.execs.get(ref.execId);
     if (!e) throw notFound(`process ${ref.execId} not found in container ${c.id}`);
-    if (e.proc.running || e.starting) throw failedPrecondition(`process ${ref.execId} is still running`);
+    if (e.proc.alive || e.starting) throw failedPrecondition(`process ${ref.execId} is still running`);
     e.proc.stdio.close();
     c.execs.delete(ref.execId);
   }
 
   async removeContainer(id: string): Promise<void> {
     const c = this.get(id);
-    try {
-      await this.d.crun.run("delete", ["--force", id]);
-    } catch (err) {
-      if ((err as { grpcCode?: number }).grpcCode !== 5) throw err;
-    }
+    await this.d.crun.delete(id);
     this.forget(c);
     this.d.log.info("container removed", { container: id });
   }
@@ -318,29 +274,22 @@ export class Containers {
 
   async pids(id: string): Promise<Array<{ pid: number; execId: string }>> {
     const c = this.get(id);
-    const out = await this.d.crun.run("ps", ["--format", "json", id]);
-    let pids: unknown;
-    try {
-      pids = JSON.parse(out.trim() || "[]");
-    } catch {
-      throw new Error(`crun ps printed something else than JSON: ${out.slice(0, 200)}`);
-    }
-    if (!Array.isArray(pids)) pids = [];
+    const pids = await this.d.crun.ps(id);
     const byPid = new Map<number, string>();
     for (const [execId, e] of c.execs) if (e.proc.pid) byPid.set(e.proc.pid, execId);
-    return (pids as unknown[]).map(Number).filter((p) => p > 0).map((pid) => ({ pid, execId: byPid.get(pid) ?? "" }));
+    return pids.map((pid) => ({ pid, execId: byPid.get(pid) ?? "" }));
   }
 
   async pause(id: string): Promise<void> {
     const c = this.get(id);
-    await this.d.crun.run("pause", [id]);
-    if (c.status === "running") c.status = "paused";
+    await this.d.crun.pause(id);
+    if (c.init.status === "running") c.init.status = "paused";
   }
 
   async resume(id: string): Promise<void> {
     const c = this.get(id);
-    await this.d.crun.run("resume", [id]);
-    if (c.status === "paused") c.status = "running";
+    await this.d.crun.resume(id);
+    if (c.init.status === "paused") c.init.status = "running";
   }
 
   async update(id: string, resourcesJson: Uint8Array): Promise<void> {
@@ -349,23 +298,22 @@ export class Containers {
     const file = path.join(c.bundle, `resources-${randomBytes(4).toString("hex")}.json`);
     writeFileSync(file, JSON.stringify(resources));
     try {
-      await this.d.crun.run("update", ["--resources", file, id]);
+      await this.d.crun.update(id, file);
     } finally {
       rmSync(file, { force: true });
     }
   }
 
-  stats(id: string): Metrics {
-    this.get(id);
-    return readMetrics(path.join(CGROUP_ROOT, cgroupPathOf(id)));
+  stats(id: string): EncodedMetrics {
+    return this.get(id).cgroup.stats();
   }
 
   /** Kills and deletes every container (for Shutdown); never throws. */
   async removeAll(): Promise<void> {
     await Promise.all(
       [...this.containers.values()].map(async (c) => {
-        await this.d.crun.run("kill", ["--all", c.id, "9"]).catch(() => {});
-        await this.d.crun.run("delete", ["--force", c.id]).catch((err) => {
+        await this.d.crun.kill(c.id, 9, true).catch(() => {});
+        await this.d.crun.delete(c.id).catch((err) => {
           this.d.log.warn("delete at shutdown failed", { container: c.id, err: errorText(err) });
         });
         this.forget(c);

@@ -11,10 +11,10 @@ import { Reaper } from "../sys/reaper.js";
 import { Agent } from "../gen/cocoon/agent/v1/agent_pb.js";
 import { TtrpcServer } from "../ttrpc/server.js";
 import { Containers } from "./containers.js";
-import { Crun } from "./crun.js";
-import { errorText } from "./errors.js";
-import { Logger } from "./log.js";
-import { OomMonitor } from "./oom.js";
+import { errorText } from "../core/errors.js";
+import { Logger } from "../core/log.js";
+import { OciCli } from "../core/oci-cli.js";
+import { OomEvents } from "./oom.js";
 import { VirtioPort } from "./port.js";
 import { PortForwards } from "./portfwd.js";
 import { AGENT_SERVICE, agentService } from "./service.js";
@@ -26,6 +26,8 @@ import { AGENT_PORT_PATH, KERNEL_PARAM } from "../core/guest-abi.js";
 process.env["UV_THREADPOOL_SIZE"] ??= "8";
 
 const PORT = process.env["COCOON_AGENT_PORT"] ?? AGENT_PORT_PATH;
+/** Where crun's per-call JSON logs go (each removed after its call). */
+const CRUN_LOG_DIR = "/run/cocoon/crun-log";
 
 function debugWanted(): boolean {
   if (process.env["COCOON_AGENT_DEBUG"] === "1") return true;
@@ -36,7 +38,8 @@ function debugWanted(): boolean {
   }
 }
 
-const log = new Logger(debugWanted() ? "debug" : "info");
+// stderr of PID 1 is the serial console, which the host keeps in the sandbox's console log.
+const log = new Logger(debugWanted() ? "debug" : "info", { src: "cocoon-agent" });
 
 // PID 1 must survive its own bugs: log and carry on.
 process.on("uncaughtException", (err) => log.error("uncaught exception", { err: err.stack ?? String(err) }));
@@ -79,8 +82,9 @@ async function syncDisks(): Promise<void> {
 function main(): void {
   const reaper = new Reaper(sys);
   reaper.start();
-  const oom = new OomMonitor();
-  const containers = new Containers({ sys, reaper, crun: new Crun(), oom, log });
+  const oom = new OomEvents();
+  const crun = new OciCli({ binary: "crun", logDir: CRUN_LOG_DIR });
+  const containers = new Containers({ sys, reaper, crun, oom, log });
   const server = new TtrpcServer({
     onError: (err, where) => log.error("ttrpc", { where, err: errorText(err) }),
   });

@@ -5,8 +5,8 @@ import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 
 import { runChild } from "../sys/children.js";
 import type { Sys } from "../sys/types.js";
 import { MS_BIND } from "../sys/types.js";
-import { invalidArgument, notFound, unknownError } from "./errors.js";
-import type { Logger } from "./log.js";
+import { invalidArgument, notFound, unknownError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
 import { GUEST_HOSTNAME } from "../core/guest-abi.js";
 
 export interface NetInterface {

@@ -9,7 +9,7 @@
 // as the next EOF; between sessions the reader polls.
 import { openSync, read, write } from "node:fs";
 import { Duplex } from "node:stream";
-import type { Logger } from "./log.js";
+import type { Logger } from "../core/log.js";
 import { AGENT_LOG_HOST_CONNECTED, AGENT_LOG_HOST_DISCONNECTED } from "../core/guest-abi.js";
 
 const READ_SIZE = 64 * 1024;

@@ -3,8 +3,8 @@
 // replies wait in a bounded buffer (the socket is paused when it fills), like container output.
 import net from "node:net";
 import os from "node:os";
-import { failedPrecondition, invalidArgument, notFound } from "./errors.js";
-import type { Logger } from "./log.js";
+import { failedPrecondition, invalidArgument, notFound } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
 import { OutputBuffer, type OutputChunk } from "./output.js";
 
 const DIAL_TIMEOUT_MS = 5000;

@@ -3,7 +3,7 @@
 // them), and the template's NIC MAC. Restored brings it to this pod before any other call.
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import type { Sys } from "../sys/types.js";
-import type { Logger } from "./log.js";
+import type { Logger } from "../core/log.js";
 import { changeLinkMac } from "./network.js";
 import { KERNEL_PARAM, NINEP_SHARE_OPTIONS, SHARE_MOUNT_ROOT } from "../core/guest-abi.js";
 

@@ -4,19 +4,16 @@
 // (the connection closes or the call's deadline passes).
 import { readFileSync } from "node:fs";
 import os from "node:os";
-import { toBinary } from "@bufbuild/protobuf";
 import { Agent, Stream } from "../gen/cocoon/agent/v1/agent_pb.js";
 import type { StdioFlags as StdioFlagsMsg } from "../gen/cocoon/agent/v1/agent_pb.js";
-import { MetricsSchema } from "../gen/cgroups/v2/metrics_pb.js";
 import type { ServiceImpl } from "../ttrpc/server.js";
 import type { Sys } from "../sys/types.js";
-import { METRICS_TYPE_URL } from "./cgroup-stats.js";
 import type { Containers } from "./containers.js";
-import { errorText, invalidArgument } from "./errors.js";
-import type { Logger } from "./log.js";
+import { errorText, invalidArgument } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
 import { setupNetwork } from "./network.js";
 import { restored } from "./restore.js";
-import type { OomMonitor } from "./oom.js";
+import type { OomEvents } from "./oom.js";
 import type { PortForwards } from "./portfwd.js";
 import type { StdioFlags } from "./stdio.js";
 import { AGENT_VERSION } from "./version.js";
@@ -24,7 +21,7 @@ export { AGENT_SERVICE } from "../core/guest-abi.js";
 
 export interface ServiceDeps {
   containers: Containers;
-  oom: OomMonitor;
+  oom: OomEvents;
   ports: PortForwards;
   sys: Sys;
   log: Logger;
@@ -141,7 +138,7 @@ export function agentService(d: ServiceDeps): ServiceImpl<typeof Agent> {
       return {};
     },
 
-    stats: (req) => ({ typeUrl: METRICS_TYPE_URL, value: toBinary(MetricsSchema, c.stats(req.containerId)) }),
+    stats: (req) => c.stats(req.containerId),
 
     nextOomEvent: async (_req, ctx) => ({ containerId: await d.oom.next(ctx.signal) }),
 

@@ -3,7 +3,7 @@
 // container shares with another of the pod (given as /proc/<pid>/ns/... paths) are resolved to that
 // container's in the guest, and what the guest kernel or this guest cannot honour is taken out.
 import { existsSync } from "node:fs";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 
 type Json = Record<string, unknown>;
 

@@ -2,11 +2,12 @@
 // pipes (crun passes its own stdio down to the container), which the agent reads into output
 // buffers and writes stdin into. With a terminal, crun hands over a pty master through the console
 // socket; the master carries both directions and there is no separate stderr.
-import { closeSync, openSync } from "node:fs";
+import { openSync } from "node:fs";
 import net from "node:net";
-import tty from "node:tty";
 import type { Sys } from "../sys/types.js";
-import { failedPrecondition } from "./errors.js";
+import { failedPrecondition } from "../core/errors.js";
+import { ChildFds } from "../core/fds.js";
+import { PtyMaster } from "../core/pty.js";
 import { OutputBuffer } from "./output.js";
 
 export interface StdioFlags {
@@ -18,24 +19,14 @@ export interface StdioFlags {
 
 export type StreamName = "stdout" | "stderr";
 
-const EOT = Buffer.from([4]);
-
-function safeClose(fd: number) {
-  try {
-    closeSync(fd);
-  } catch {}
-}
-
 export class ProcessStdio {
   readonly stdout = new OutputBuffer();
   readonly stderr = new OutputBuffer();
   /** fds the OCI runtime gets as 0, 1, 2 when it starts the process; ours are closed right after. */
-  private child: [number, number, number] = [-1, -1, -1];
+  private readonly child = new ChildFds();
   private stdinPipe: net.Socket | undefined;
   private stdinClosed = false;
-  private master: tty.ReadStream | undefined;
-  private masterFd = -1;
-  private ptyPeer = -1;
+  private pty: PtyMaster | undefined;
   /** Terminal input and size that arrived before the pty did. */
   private earlyInput: Buffer[] = [];
   private earlySize: { rows: number; cols: number } | undefined;
@@ -60,7 +51,7 @@ export class ProcessStdio {
   private setup() {
     if (this.flags.terminal) {
       // crun's own stdio does not reach the container; the pty does.
-      this.child = [openSync("/dev/null", "r"), openSync("/dev/null", "w"), openSync("/dev/null", "w")];
+      this.child.set([openSync("/dev/null", "r"), openSync("/dev/null", "w"), openSync("/dev/null", "w")]);
       this.stderr.end();
       if (!this.flags.stdout) this.stdout.end();
       return;
@@ -75,9 +66,11 @@ export class ProcessStdio {
     } else {
       stdin = openSync("/dev/null", "r");
     }
-    this.child[0] = stdin;
-    this.child[1] = this.outputPipe(this.flags.stdout, this.stdout);
-    this.child[2] = this.outputPipe(this.flags.stderr, this.stderr);
+    // Held as soon as opened, so that a failure further on closes them (see open).
+    const fds: [number, number, number] = [stdin, -1, -1];
+    this.child.set(fds);
+    fds[1] = this.outputPipe(this.flags.stdout, this.stdout);
+    fds[2] = this.outputPipe(this.flags.stderr, this.stderr);
   }
 
   private outputPipe(wanted: boolean, buf: OutputBuffer): number {
@@ -93,33 +86,26 @@ export class ProcessStdio {
   }
 
   childFds(): [number, number, number] {
-    return this.child;
+    return this.child.get();
   }
 
   /** The runtime has its copies (or failed): drop ours, so EOF comes when the process closes its own. */
   releaseChildFds() {
-    for (const fd of this.child) if (fd >= 0) safeClose(fd);
-    this.child = [-1, -1, -1];
+    this.child.release();
   }
 
   /** Terminal mode: the pty master crun sent through the console socket. Takes ownership of the fd. */
   attachConsole(masterFd: number) {
-    this.masterFd = masterFd;
-    // Reads on the master fail with EIO until the process has opened the slave; holding a slave fd
-    // ourselves until the process exits keeps early reads from ending the stream.
-    try {
-      this.ptyPeer = this.sys.openPtyPeer(masterFd);
-    } catch {}
-    if (this.earlySize) this.resize(this.earlySize.rows, this.earlySize.cols);
-    const master = new tty.ReadStream(masterFd);
-    this.master = master;
+    const pty = new PtyMaster(this.sys, masterFd);
+    this.pty = pty;
+    if (this.earlySize) pty.resize(this.earlySize.rows, this.earlySize.cols);
+    const master = pty.stream;
     this.streams.push(master);
-    master.once("close", () => (this.masterFd = -1));
     master.on("error", () => {});
     if (this.flags.stdout) this.stdout.attach(master);
     else master.resume();
-    for (const d of this.earlyInput.splice(0)) master.write(d);
-    if (this.stdinClosed) master.write(EOT);
+    for (const d of this.earlyInput.splice(0)) pty.write(d);
+    if (this.stdinClosed) pty.endInput();
   }
 
   async write(data: Uint8Array): Promise<void> {
@@ -127,11 +113,11 @@ export class ProcessStdio {
     if (this.stdinClosed) throw failedPrecondition("stdin is closed");
     const buf = Buffer.from(data);
     if (this.flags.terminal) {
-      if (!this.master) {
+      if (!this.pty) {
         this.earlyInput.push(buf);
         return;
       }
-      return writeTo(this.master, buf);
+      return writeTo(this.pty.stream, buf);
     }
     return writeTo(this.stdinPipe!, buf);
   }
@@ -141,7 +127,7 @@ export class ProcessStdio {
     if (this.stdinClosed) return;
     this.stdinClosed = true;
     if (this.flags.terminal) {
-      if (this.master && !this.master.destroyed) this.master.write(EOT);
+      this.pty?.endInput();
       return;
     }
     const p = this.stdinPipe;
@@ -158,17 +144,13 @@ export class ProcessStdio {
   /** Sizes the terminal; a process without one ignores it (as containerd's runc shim does). */
   resize(rows: number, cols: number) {
     if (!this.flags.terminal) return;
-    if (this.masterFd < 0) {
-      if (!this.master) this.earlySize = { rows, cols };
-      return;
-    }
-    this.sys.setWinsize(this.masterFd, rows, cols);
+    if (this.pty) this.pty.resize(rows, cols);
+    else this.earlySize = { rows, cols };
   }
 
   /** The process is gone: let the pty master reach EOF once its output is read. */
   processExited() {
-    if (this.ptyPeer >= 0) safeClose(this.ptyPeer);
-    this.ptyPeer = -1;
+    this.pty?.processExited();
   }
 
   /** The process failed to start: nothing will ever be written. */
@@ -184,7 +166,6 @@ export class ProcessStdio {
     this.streams.length = 0;
     this.stdout.close();
     this.stderr.close();
-    this.masterFd = -1;
   }
 }
 

@@ -1,6 +1,6 @@
 // Typed reads of TOML tables with errors that name the file and key. The SDK's own keys and every
 // runtime's section are checked with the same helpers, so all config errors read alike.
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 
 export type Table = Record<string, unknown>;
 

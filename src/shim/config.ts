@@ -5,7 +5,7 @@
 // registered mode with its defaults.
 import { readFileSync } from "node:fs";
 import { parse } from "smol-toml";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 import { checkKeys, intIn, oneOf, pick, type Table } from "./config-fields.js";
 import { registeredModes } from "./modes.js";
 

@@ -8,7 +8,8 @@ import { TtrpcServer } from "../ttrpc/index.js";
 import type { Sys } from "../sys/types.js";
 import type { ShimFlags } from "./flags.js";
 import { readShimEnv } from "./flags.js";
-import { Logger } from "./log.js";
+import { Logger } from "../core/log.js";
+import { LogPipes } from "./log-pipes.js";
 import { resolveConfig, type RuntimeOptions } from "./options.js";
 import { settingsFor, type CocoonConfig } from "./config.js";
 import { modeNamed } from "./modes.js";
@@ -56,9 +57,10 @@ const SPARE_TOP_UP_DELAY_MS = 1500;
 export async function runDaemon(flags: ShimFlags, deps: DaemonDeps, handoff: DaemonHandoff) {
   const t0 = performance.now();
   const env = readShimEnv(process.env);
-  const log = new Logger("info", { runtime: "cocoon" });
-  // Keyed by the container's id like every later sink, so that its Delete closes it.
-  log.addSink(flags.id || "first", path.join(handoff.bundle, "log"));
+  const pipes = new LogPipes();
+  const log = new Logger("info", { runtime: "cocoon" }, pipes.write);
+  // Keyed by the container's id like every later pipe, so that its Delete closes it.
+  pipes.add(flags.id || "first", path.join(handoff.bundle, "log"));
   // The first bundle may be deleted while we still serve its pod: hold no reference to it.
   process.chdir("/");
   let cfg;
@@ -118,9 +120,9 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps, handoff: Dae
     log,
     exit: () => void exit(0),
     configSource: cfg.source,
-    onBundle: (id, bundle) => log.addSink(id, path.join(bundle, "log")),
+    onBundle: (id, bundle) => pipes.add(id, path.join(bundle, "log")),
     // A long-lived shim (a pod with restarting containers, node grouping) would run out of fds.
-    onBundleGone: (id) => log.removeSink(id),
+    onBundleGone: (id) => pipes.remove(id),
   });
   process.on("SIGTERM", () => void exit(0));
   process.on("SIGINT", () => void exit(0));

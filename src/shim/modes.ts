@@ -1,6 +1,6 @@
 // The registry of runtime modes. The SDK never imports a runtime: an entry point (src/cli) registers
 // the modes it was built with, and config parsing, `delete` and the daemon look them up here.
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 import type { RuntimeMode } from "./runtime.js";
 
 const registered: RuntimeMode[] = [];

@@ -3,7 +3,7 @@
 import { mkdirSync } from "node:fs";
 import { mountPoints } from "../sys/mount.js";
 import type { Sys } from "../sys/types.js";
-import { invalidArgument, ShimError } from "./errors.js";
+import { invalidArgument, ShimError } from "../core/errors.js";
 import type { Mount } from "./runtime.js";
 
 export const MS = {

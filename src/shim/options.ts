@@ -4,7 +4,7 @@
 import { readAny, readGenericOptions, readRuncOptions } from "./options-wire.js";
 import { defaultConfig, loadConfigFile, parseConfig, type CocoonConfig } from "./config.js";
 import type { RuncOptionsWire } from "./options-wire.js";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
 
 export type RuntimeOptions =
   | { kind: "none" }

@@ -5,7 +5,7 @@ import { create, toBinary, type DescMessage, type MessageShape } from "@bufbuild
 import { AnySchema, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ForwardRequestSchema } from "../gen/containerd/services/events/ttrpc/v1/events_pb.js";
 import { TtrpcClient } from "../ttrpc/index.js";
-import type { Logger } from "./log.js";
+import type { Logger } from "../core/log.js";
 
 const EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events";
 const MAX_ATTEMPTS = 5;

@@ -3,7 +3,7 @@
 import type { CocoonConfig } from "./config.js";
 import type { Table } from "./config-fields.js";
 import type { BundleState } from "./delete.js";
-import type { Logger } from "./log.js";
+import type { Logger } from "../core/log.js";
 import type { CheckResult, NodeCheckOptions, NodeView } from "./node-check.js";
 import type { Reaper } from "../sys/reaper.js";
 import type { Sys } from "../sys/types.js";

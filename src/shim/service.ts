@@ -12,11 +12,12 @@ import {
 import { ProcessDetailsSchema } from "../gen/containerd/runc/options/oci_pb.js";
 import { toBinary } from "@bufbuild/protobuf";
 import type { ServiceImpl, TtrpcServer } from "../ttrpc/index.js";
-import { invalidArgument, failedPrecondition } from "./errors.js";
+import { invalidArgument, failedPrecondition } from "../core/errors.js";
 import { decodeOptions } from "./options.js";
 import type { OciSpec, ProcessRef } from "./runtime.js";
-import { exitedAtOrZero, type ProcessStatus, type TaskManager } from "./tasks.js";
-import type { Logger } from "./log.js";
+import type { ProcessStatus } from "../core/process.js";
+import { exitedAtOrZero, type TaskManager } from "./tasks.js";
+import type { Logger } from "../core/log.js";
 
 export const TASK_SERVICE_V2 = "containerd.task.v2.Task";
 export const TASK_SERVICE_V3 = "containerd.task.v3.Task";

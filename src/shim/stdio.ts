@@ -5,8 +5,9 @@
 import { closeSync, constants as C, fchownSync, fstatSync, mkdirSync, openSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import tty from "node:tty";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument } from "../core/errors.js";
+import { ChildFds, closeQuietly } from "../core/fds.js";
+import { PtyMaster } from "../core/pty.js";
 import type { IoOwner, Stdio } from "./runtime.js";
 import { spawnChild } from "../sys/children.js";
 import type { ChildProcess } from "node:child_process";
@@ -70,16 +71,15 @@ export interface IoContext {
 
 export class ProcessIO {
   /** fds the process (or its OCI runtime) gets as 0, 1, 2; closed in the shim after the spawn. */
-  private child: [number, number, number] = [-1, -1, -1];
+  private readonly child = new ChildFds();
   /** fds the shim keeps for the life of the process. */
   private held: number[] = [];
   private stdinWriter = -1;
   private logger: ChildProcess | undefined;
   private streams: Array<net.Socket> = [];
-  private consoleFd = -1;
+  private pty: PtyMaster | undefined;
   private stdinPath = "";
   private outputWriters: number[] = [];
-  private ptyPeer = -1;
   private sys: Sys;
 
   private constructor(readonly stdio: Stdio, sys: Sys) {
@@ -113,8 +113,8 @@ export class ProcessIO {
       this.stdinWriter = heldWriter;
     }
     const [out, err] = await this.outputFds(target, ctx);
-    this.child = [stdin >= 0 ? stdin : devNull(), out, err];
-    if (ctx.owner) giveFifos(this.child, ctx.owner);
+    this.child.set([stdin >= 0 ? stdin : devNull(), out, err]);
+    if (ctx.owner) giveFifos(this.child.get(), ctx.owner);
   }
 
   private async outputFds(target: OutputTarget, ctx: IoContext): Promise<[number, number]> {
@@ -181,34 +181,25 @@ export class ProcessIO {
   }
 
   childFds(): [number, number, number] {
-    return this.child;
+    return this.child.get();
   }
 
   /** Hands the three fds over to the caller, who then owns (and closes) them: for shims that relay
    *  the streams themselves instead of giving them to a local process (vm mode). */
   takeChildFds(): [number, number, number] {
-    const fds = this.child;
-    this.child = [-1, -1, -1];
-    return fds;
+    return this.child.take();
   }
 
   /** After the process (or the OCI runtime that starts it) got its copies, drop the shim's. */
   releaseChildFds() {
-    for (const fd of this.child) if (fd >= 0) safeClose(fd);
-    this.child = [-1, -1, -1];
+    this.child.release();
   }
 
   /** Terminal mode: copy stdin FIFO -> pty master and pty master -> output. */
   attachConsole(masterFd: number) {
-    this.consoleFd = masterFd;
-    // Until the process has the slave open, reads on the master fail with EIO, which would end the
-    // copy early. Hold a slave fd ourselves until the process exits (see processExited).
-    try {
-      this.ptyPeer = this.sys.openPtyPeer(masterFd);
-    } catch {}
-    const master = new tty.ReadStream(masterFd);
-    // destroy() closes the fd: a late ResizePty must not ioctl a closed (or reused) fd number.
-    master.once("close", () => (this.consoleFd = -1));
+    const pty = new PtyMaster(this.sys, masterFd);
+    this.pty = pty;
+    const master = pty.stream;
     this.streams.push(master);
     const out = this.outputWriters[0];
     if (out !== undefined) {
@@ -226,27 +217,25 @@ export class ProcessIO {
       this.stdinWriter = heldWriter;
       const src = new net.Socket({ fd: reader, readable: true, writable: false });
       this.streams.push(src);
-      // The tty stream that reads the master also writes to it: one libuv handle per fd.
-      src.on("data", (d) => master.write(d));
-      // End of input reaches a canonical-mode pty reader as EOT.
-      src.once("end", () => master.write(Buffer.from([4])));
+      src.on("data", (d) => pty.write(d));
+      src.once("end", () => pty.endInput());
       src.on("error", () => {});
     }
   }
 
   /** The process is gone: let the master see EOF once the remaining output is drained. */
   processExited() {
-    if (this.ptyPeer >= 0) safeClose(this.ptyPeer);
-    this.ptyPeer = -1;
+    this.pty?.processExited();
   }
 
-  get console(): number {
-    return this.consoleFd;
+  /** Sizes the terminal; a process without one ignores it (as containerd's runc shim does). */
+  resize(rows: number, cols: number) {
+    this.pty?.resize(rows, cols);
   }
 
   /** CloseIO: drop the shim's writer so the process sees EOF once the client closes too. */
   closeStdin() {
-    if (this.stdinWriter >= 0) safeClose(this.stdinWriter);
+    if (this.stdinWriter >= 0) closeQuietly(this.stdinWriter);
     this.stdinWriter = -1;
   }
 
@@ -254,9 +243,9 @@ export class ProcessIO {
     this.processExited();
     this.releaseChildFds();
     this.closeStdin();
-    for (const fd of this.held) safeClose(fd);
+    for (const fd of this.held) closeQuietly(fd);
     this.held = [];
-    for (const fd of this.outputWriters) safeClose(fd);
+    for (const fd of this.outputWriters) closeQuietly(fd);
     this.outputWriters = [];
     for (const s of this.streams) s.destroy();
     this.streams = [];
@@ -282,10 +271,4 @@ function openFifoReaderNonBlocking(p: string): { reader: number; heldWriter: num
   const reader = openSync(p, C.O_RDONLY | C.O_NONBLOCK);
   const heldWriter = openSync(p, C.O_WRONLY);
   return { reader, heldWriter };
-}
-
-function safeClose(fd: number) {
-  try {
-    closeSync(fd);
-  } catch {}
 }

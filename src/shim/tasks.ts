@@ -7,13 +7,12 @@ import {
   TaskCreateSchema, TaskDeleteSchema, TaskExecAddedSchema, TaskExecStartedSchema, TaskExitSchema,
   TaskOOMSchema, TaskPausedSchema, TaskResumedSchema, TaskStartSchema,
 } from "../gen/containerd/events/task_pb.js";
-import { alreadyExists, failedPrecondition, notFound } from "./errors.js";
+import { alreadyExists, failedPrecondition, notFound } from "../core/errors.js";
+import { ProcessLife, type ProcessStatus } from "../core/process.js";
 import type { EventSink } from "./publisher.js";
 import type {
   CreateRequest, ExecRequest, ExitInfo, PidInfo, ProcessRef, Runtime, Stats, Stdio,
 } from "./runtime.js";
-
-export type ProcessStatus = "created" | "running" | "stopped" | "paused";
 
 export interface ProcessState {
   id: string;
@@ -26,40 +25,17 @@ export interface ProcessState {
   exitedAt: Date | undefined;
 }
 
-class Proc {
-  pid = 0;
-  status: ProcessStatus = "created";
-  exit: ExitInfo | undefined;
+class Proc extends ProcessLife {
   /** True while Start runs: an exit seen meanwhile is held back until the start event is out. */
   starting = false;
   heldExit: { pid: number; exit: ExitInfo } | undefined;
-  private waiters: Array<(e: ExitInfo) => void> = [];
-  private failers: Array<(e: Error) => void> = [];
 
   constructor(
     readonly containerId: string,
     readonly execId: string,
     readonly stdio: Stdio,
-  ) {}
-
-  wait(): Promise<ExitInfo> {
-    if (this.exit) return Promise.resolve(this.exit);
-    return new Promise((resolve, reject) => {
-      this.waiters.push(resolve);
-      this.failers.push(reject);
-    });
-  }
-
-  setExited(exit: ExitInfo) {
-    this.status = "stopped";
-    this.exit = exit;
-    for (const w of this.waiters.splice(0)) w(exit);
-    this.failers = [];
-  }
-
-  abandon(err: Error) {
-    for (const f of this.failers.splice(0)) f(err);
-    this.waiters = [];
+  ) {
+    super();
   }
 }
 
@@ -153,8 +129,7 @@ export class TaskManager {
       p.starting = true;
       try {
         const { pid } = await this.runtime.start(ref);
-        p.pid = pid;
-        if (p.status === "created") p.status = "running";
+        p.started(pid);
         if (ref.execId) {
           this.events.publish(c.namespace, "/tasks/exec-started", TaskExecStartedSchema,
             create(TaskExecStartedSchema, { containerId: c.id, execId: ref.execId, pid }));

@@ -25,6 +25,8 @@ export interface RunResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+  /** It was killed for running past timeoutMs. */
+  timedOut: boolean;
 }
 
 /** Runs a command to completion, collecting its output; rejects only if it cannot be spawned. */
@@ -40,14 +42,20 @@ export function runChild(
     let stderr = "";
     child.stdout!.setEncoding("utf8").on("data", (d) => (stdout += d));
     child.stderr!.setEncoding("utf8").on("data", (d) => (stderr += d));
-    const timer = timeoutMs ? setTimeout(() => child.kill("SIGKILL"), timeoutMs) : undefined;
+    let timedOut = false;
+    const timer = timeoutMs
+      ? setTimeout(() => {
+          timedOut = true;
+          child.kill("SIGKILL");
+        }, timeoutMs)
+      : undefined;
     child.once("error", (err) => {
       clearTimeout(timer);
       reject(err);
     });
     child.once("close", (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
+      resolve({ code, signal, stdout, stderr, timedOut });
     });
     child.stdin!.on("error", () => {});
     child.stdin!.end(input ?? "");

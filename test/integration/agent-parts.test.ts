@@ -1,15 +1,13 @@
-// The guest agent's pieces that need no VM: the spec rewrite, the bounded output buffer, crun's
-// error messages, cgroup v2 file parsing, OOM events from memory.events, waits, /etc/hosts.
+// The guest agent's pieces that need no VM: the spec rewrite, the bounded output buffer, the OOM
+// event queue, waits, /etc/hosts. (Shared pieces: test/unit/core-*.test.ts.)
 import assert from "node:assert/strict";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { after, describe, it } from "node:test";
-import { readMetrics, parseKeyed, parseSingle, parseIoStat } from "../../src/agent/cgroup-stats.js";
-import { crunErrorCode, lastCrunMessage } from "../../src/agent/crun.js";
-import { AgentError } from "../../src/agent/errors.js";
+import { ShimError } from "../../src/core/errors.js";
 import { hostsFile, linkByMac } from "../../src/agent/network.js";
-import { OomMonitor } from "../../src/agent/oom.js";
+import { OomEvents } from "../../src/agent/oom.js";
 import { MAX_CHUNK, OutputBuffer } from "../../src/agent/output.js";
 import { AgentProcess } from "../../src/agent/process.js";
 import { guestSpec } from "../../src/agent/spec.js";
@@ -31,7 +29,7 @@ const codeOf = (fn: () => unknown) => {
   try {
     fn();
   } catch (err) {
-    assert.ok(err instanceof AgentError, String(err));
+    assert.ok(err instanceof ShimError, String(err));
     return err.grpcCode;
   }
   return Code.OK;
@@ -155,76 +153,20 @@ describe("OutputBuffer", () => {
   });
 });
 
-describe("crun errors", () => {
-  it("quotes the last logged message", () => {
-    const log = '{"msg": "warning: x", "level": "warning"}\n{"msg": "container `c1` does not exist", "level": "error", "time": "t"}\n';
-    assert.equal(lastCrunMessage(log), "container `c1` does not exist");
-    assert.equal(lastCrunMessage("plain text\n"), "plain text");
-  });
-
-  it("maps messages to codes", () => {
-    assert.equal(crunErrorCode("kill", "container `c1` does not exist"), Code.NOT_FOUND);
-    assert.equal(crunErrorCode("create", "container `c1` already exists"), Code.ALREADY_EXISTS);
-    assert.equal(crunErrorCode("create", "make `/x/rootfs` private: No such file or directory"), Code.INVALID_ARGUMENT);
-    assert.equal(crunErrorCode("exec", "executable file `nope` not found in $PATH: No such file or directory"), Code.INVALID_ARGUMENT);
-    assert.equal(crunErrorCode("pause", "something odd"), Code.UNKNOWN);
-  });
-});
-
-describe("cgroup v2 files", () => {
-  it("parses single values, keyed files and io.stat", () => {
-    assert.equal(parseSingle("max\n"), 0xffffffffffffffffn);
-    assert.equal(parseSingle("123\n"), 123n);
-    assert.equal(parseSingle(""), undefined);
-    assert.deepEqual([...parseKeyed("usage_usec 10\nuser_usec 7\n")], [["usage_usec", 10n], ["user_usec", 7n]]);
-    assert.deepEqual(parseIoStat("254:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n"), [
-      { major: 254n, minor: 0n, rbytes: 4096n, wbytes: 0n, rios: 1n, wios: 0n },
-    ]);
-  });
-
-  it("reads a cgroup directory into v2 Metrics", () => {
-    const d = scratch();
-    writeFileSync(join(d, "cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n");
-    writeFileSync(join(d, "memory.current"), "4096000\n");
-    writeFileSync(join(d, "memory.max"), "max\n");
-    writeFileSync(join(d, "memory.stat"), "anon 2000\nfile 3000\ninactive_file 1000\npgfault 9\n");
-    writeFileSync(join(d, "memory.events"), "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n");
-    writeFileSync(join(d, "pids.current"), "3\n");
-    writeFileSync(join(d, "pids.max"), "100\n");
-    const m = readMetrics(d);
-    assert.equal(m.cpu?.usageUsec, 1500n);
-    assert.equal(m.cpu?.systemUsec, 500n);
-    assert.equal(m.memory?.usage, 4096000n);
-    assert.equal(m.memory?.usageLimit, 0xffffffffffffffffn);
-    assert.equal(m.memory?.anon, 2000n);
-    assert.equal(m.memory?.inactiveFile, 1000n);
-    assert.equal(m.memory?.pgfault, 9n);
-    assert.equal(m.memoryEvents?.oomKill, 1n);
-    assert.deepEqual([m.pids?.current, m.pids?.limit], [3n, 100n]);
-    // A missing controller leaves zeros rather than failing.
-    assert.equal(readMetrics(join(d, "absent")).memory?.usage, 0n);
-  });
-});
-
-describe("OomMonitor", () => {
-  it("reports a container once its oom_kill counter grows", async () => {
-    const d = scratch();
-    const file = join(d, "memory.events");
-    writeFileSync(file, "oom 0\noom_kill 0\n");
-    const mon = new OomMonitor();
-    const stop = mon.watch("c9", d);
-    // The watch never keeps a process alive by itself (the agent's port does); this test must.
-    const keepAlive = setTimeout(() => {}, 10_000);
-    try {
-      const next = mon.next();
-      writeFileSync(file, "oom 1\noom_kill 1\n");
-      assert.equal(await next, "c9");
-      mon.publish("queued");
-      assert.equal(await mon.next(), "queued");
-    } finally {
-      stop();
-      clearTimeout(keepAlive);
-    }
+describe("OomEvents", () => {
+  it("answers a waiting host first, queues the rest, and lets an abandoned wait go", async () => {
+    const ev = new OomEvents();
+    const next = ev.next();
+    ev.publish("c9");
+    assert.equal(await next, "c9");
+    ev.publish("queued");
+    assert.equal(await ev.next(), "queued");
+    const ctl = new AbortController();
+    const gone = ev.next(ctl.signal);
+    ctl.abort(new Error("left"));
+    await assert.rejects(gone, /left/);
+    ev.publish("after");
+    assert.equal(await ev.next(), "after");
   });
 });
 

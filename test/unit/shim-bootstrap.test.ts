@@ -12,7 +12,7 @@ import { decodeOptionsAny, resolveConfig } from "../../src/shim/options.js";
 import { parseConfig, defaultConfig } from "../../src/shim/config.js";
 import { OptionsSchema as RuncOptions } from "../../src/gen/containerd/runc/options/oci_pb.js";
 import { OptionsSchema as GenericOptions } from "../../src/gen/containerd/runtimeoptions/v1/api_pb.js";
-import { ShimError } from "../../src/shim/errors.js";
+import { ShimError } from "../../src/core/errors.js";
 import { registerModes } from "../../src/shim/modes.js";
 import { MODES } from "../../src/runtime/modes.js";
 import { settingsFor } from "../../src/shim/config.js";

@@ -15,7 +15,7 @@ const { parseConfig, settingsFor } = await import("../../src/shim/config.js");
 const { registerModes } = await import("../../src/shim/modes.js");
 registerModes((await import("../../src/runtime/modes.js")).MODES);
 const { FakeSys } = await import("../../src/sys/fake.js");
-const { ShimError } = await import("../../src/shim/errors.js");
+const { ShimError } = await import("../../src/core/errors.js");
 process.on("exit", () => rmSync(root, { recursive: true, force: true }));
 
 const dir = (name: string, mode = 0o700) => {

@@ -5,7 +5,7 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import { TaskManager } from "../../src/shim/tasks.js";
 import type { EventSink } from "../../src/shim/publisher.js";
 import type { CreateRequest, ProcessRef, Runtime } from "../../src/shim/runtime.js";
-import { ShimError } from "../../src/shim/errors.js";
+import { ShimError } from "../../src/core/errors.js";
 
 class Recorder implements EventSink {
   topics: string[] = [];

@@ -4,9 +4,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { guestNamespaces, guestSpec } from "../../src/agent/spec.js";
-import { AgentError } from "../../src/agent/errors.js";
 import { refuseHostOnly } from "../../src/runtime/vm/refusals.js";
-import { ShimError } from "../../src/shim/errors.js";
+import { ShimError } from "../../src/core/errors.js";
 import { Code } from "../../src/ttrpc/codes.js";
 
 const SANDBOX_PID = 7;
@@ -22,7 +21,7 @@ const appNamespaces = (pid: number, sharedPid: boolean) => [
 ];
 
 const agentError = (fn: () => unknown, re: RegExp) =>
-  assert.throws(fn, (err: unknown) => err instanceof AgentError && err.grpcCode === Code.INVALID_ARGUMENT && re.test(err.message));
+  assert.throws(fn, (err: unknown) => err instanceof ShimError && err.grpcCode === Code.INVALID_ARGUMENT && re.test(err.message));
 
 describe("guestNamespaces (agent)", () => {
   it("the sandbox gets new pid, ipc, uts and cgroup namespaces and keeps the VM's network", () => {

@@ -13,7 +13,7 @@ import { MS_BIND, MS_RDONLY, MS_REMOUNT } from "../../src/sys/types.js";
 import { shareContainer, unshareAll, unshareContainer, GUEST_SHARED_DIR } from "../../src/runtime/vm/sharedfs.js";
 import { isEntryName, removeTree } from "../../src/runtime/vm/beneath.js";
 import { mountPointsUnder } from "../../src/shim/mount.js";
-import { ShimError } from "../../src/shim/errors.js";
+import { ShimError } from "../../src/core/errors.js";
 
 const OVERLAY = [{ type: "overlay", source: "overlay", target: "", options: ["lowerdir=/l"] }];
 

@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { TemplateStore, templateKey, type TemplateShape } from "../../src/runtime/vm/template.js";
 import { restored, unmountedShares } from "../../src/agent/restore.js";
-import { Logger } from "../../src/agent/log.js";
+import { Logger } from "../../src/core/log.js";
 import { FakeSys } from "../../src/sys/fake.js";
 
 function scratch(t: { after: (fn: () => void) => void }): string {

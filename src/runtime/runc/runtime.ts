@@ -1,22 +1,25 @@
 // runc mode: each container is an ordinary Linux container made by the OCI runtime CLI (runc or
 // crun). The shim mounts the rootfs, runs `create`/`start`/`exec` with pid files, and learns exits
 // through the reaper, since every container process ends up re-parented to the shim.
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
-import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../shim/errors.js";
+import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../core/errors.js";
 import { mountAll, unmountAll } from "../../shim/mount.js";
 import type { Reaper } from "../../sys/reaper.js";
 import type {
   CreateRequest, ExecRequest, IoOwner, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
 } from "../../shim/runtime.js";
 import { ProcessIO } from "../../shim/stdio.js";
-import type { FdReceiver, Sys } from "../../sys/types.js";
-import { CgroupPaths, cgroupRelPath } from "./cgroups.js";
+import type { Sys } from "../../sys/types.js";
+import { Cgroup, cgroupRelPath } from "../../core/cgroups.js";
+import { launchProcess } from "../../core/launch.js";
+import { watchOom } from "../../core/oom.js";
 import type { RuncBundleState } from "./cleanup.js";
 import { STATE_FILE, writeBundleState } from "../../shim/delete.js";
 import { runSubdir } from "../../shim/fast-start.js";
-import { OciCli, resolveBinary } from "./cli.js";
+import { OciCli, resolveBinary } from "../../core/oci-cli.js";
+import { signalPid } from "../../core/process.js";
 import { containerSettings, type RuncSettings } from "./settings.js";
 
 interface ExecProc {
@@ -36,21 +39,15 @@ interface ContainerRec {
   io: ProcessIO;
   initPid: number;
   execs: Map<string, ExecProc>;
-  cgroup: CgroupPaths;
+  cgroup: Cgroup;
   stopOom: () => void;
   criu: string;
   /** Owner of the stdio of the container's processes, its execs' too (runc options IoUid/IoGid). */
   ioOwner: IoOwner | undefined;
 }
 
-/** runc hands the pty master over this socket: in root's own run dir, never in a shared /tmp. */
-const consoleSocketPath = () => path.join(runSubdir("console"), `${randomBytes(6).toString("hex")}.sock`);
-
-function readPid(file: string): number {
-  const pid = Number(readFileSync(file, "utf8").trim());
-  if (!Number.isInteger(pid) || pid <= 0) throw new Error(`bad pid file ${file}`);
-  return pid;
-}
+/** runc hands the pty master over a socket in root's own run dir, never in a shared /tmp. */
+const consoleDir = () => runSubdir("console");
 
 export class RuncRuntime implements Runtime {
   private containers = new Map<string, ContainerRec>();
@@ -77,8 +74,7 @@ export class RuncRuntime implements Runtime {
     const { runc, ioOwner } = containerSettings(this.ctx.settings, req.options);
     const cli = new OciCli({
       binary: runc.binary,
-      root: path.join(runc.root, req.namespace),
-      systemdCgroup: runc.systemdCgroup,
+      globalArgs: ["--root", path.join(runc.root, req.namespace), ...(runc.systemdCgroup ? ["--systemd-cgroup"] : [])],
       logDir: req.bundle,
     });
     mkdirSync(path.join(runc.root, req.namespace), { recursive: true, mode: 0o711 });
@@ -95,30 +91,18 @@ export class RuncRuntime implements Runtime {
       }
       const io = await ProcessIO.open(req.stdio, { id: req.id, namespace: req.namespace, sys: this.sys, owner: ioOwner });
       cleanups.push(() => io.close());
-      let receiver: FdReceiver | undefined;
-      const args = ["--bundle", req.bundle, "--pid-file", path.join(req.bundle, "init.pid")];
-      if (req.stdio.terminal) {
-        receiver = this.sys.receiveFd(consoleSocketPath(), 30_000);
-        cleanups.push(() => receiver!.close());
-        args.push("--console-socket", receiver.path);
-      }
-      if (runc.noPivotRoot) args.push("--no-pivot");
-      if (runc.noNewKeyring) args.push("--no-new-keyring");
-      args.push(req.id);
-      try {
-        await cli.run("create", args, { stdio: io.childFds() });
-      } finally {
-        io.releaseChildFds();
-      }
-      cleanups.push(() => void cli.run("delete", ["--force", req.id]).catch(() => {}));
-      if (receiver) io.attachConsole(await receiver.received);
-      const pid = readPid(path.join(req.bundle, "init.pid"));
-      const cgroup = new CgroupPaths(cgroupRelPath(req.spec.linux?.cgroupsPath, req.id));
+      const extra = [...(runc.noPivotRoot ? ["--no-pivot"] : []), ...(runc.noNewKeyring ? ["--no-new-keyring"] : [])];
+      const pidFile = path.join(req.bundle, "init.pid");
+      const pid = await launchProcess(async (consoleSocket) => {
+        await cli.create(req.id, { bundle: req.bundle, pidFile, consoleSocket, extra, stdio: io.childFds() });
+        cleanups.push(() => void cli.delete(req.id).catch(() => {}));
+      }, { sys: this.sys, io, terminal: req.stdio.terminal, consoleDir: consoleDir(), pidFile });
+      const cgroup = new Cgroup(cgroupRelPath(req.spec.linux?.cgroupsPath, req.id));
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
         cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner,
       };
-      rec.stopOom = cgroup.watchOom(this.sys, () => this.ctx.events.oom(req.id));
+      rec.stopOom = watchOom(cgroup, this.sys, () => this.ctx.events.oom(req.id));
       const state: RuncBundleState = { mode: "runc", binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
       writeBundleState(req.bundle, state);
       this.containers.set(req.id, rec);
@@ -143,33 +127,20 @@ export class RuncRuntime implements Runtime {
   async start(ref: ProcessRef): Promise<{ pid: number }> {
     const c = this.rec(ref.containerId);
     if (!ref.execId) {
-      await c.cli.run("start", [c.id]);
+      await c.cli.start(c.id);
       return { pid: c.initPid };
     }
     const e = this.execRec(c, ref.execId);
     const pidFile = path.join(c.bundle, `exec-${ref.execId}.pid`);
-    const args = ["--detach", "--pid-file", pidFile, "--process", e.specFile];
-    let receiver: FdReceiver | undefined;
-    if (e.terminal) {
-      receiver = this.sys.receiveFd(consoleSocketPath(), 30_000);
-      args.push("--console-socket", receiver.path);
-    }
-    args.push(c.id);
     try {
-      try {
-        await c.cli.run("exec", args, { stdio: e.io.childFds() });
-      } finally {
-        e.io.releaseChildFds();
-      }
-      if (receiver) e.io.attachConsole(await receiver.received);
-    } catch (err) {
-      receiver?.close();
-      throw err;
+      e.pid = await launchProcess(
+        (consoleSocket) => c.cli.exec(c.id, { processFile: e.specFile, pidFile, consoleSocket, stdio: e.io.childFds() }),
+        { sys: this.sys, io: e.io, terminal: e.terminal, consoleDir: consoleDir(), pidFile },
+      );
     } finally {
       rmSync(e.specFile, { force: true });
+      rmSync(pidFile, { force: true });
     }
-    e.pid = readPid(pidFile);
-    rmSync(pidFile, { force: true });
     const pid = e.pid;
     this.reaper.watch(pid, (x) => {
       e.io.processExited();
@@ -199,17 +170,11 @@ export class RuncRuntime implements Runtime {
   async kill(ref: ProcessRef, signal: number, all: boolean): Promise<void> {
     const c = this.rec(ref.containerId);
     if (!ref.execId) {
-      const args = all ? ["--all", c.id, String(signal)] : [c.id, String(signal)];
-      await c.cli.run("kill", args);
+      await c.cli.kill(c.id, signal, all);
       return;
     }
     const e = this.execRec(c, ref.execId);
-    try {
-      process.kill(e.pid, signal);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ESRCH") throw notFound("process already finished");
-      throw err;
-    }
+    signalPid(e.pid, signal);
   }
 
   async delete(ref: ProcessRef): Promise<void> {
@@ -223,11 +188,7 @@ export class RuncRuntime implements Runtime {
       }
       return;
     }
-    try {
-      await c.cli.run("delete", ["--force", c.id]);
-    } catch (err) {
-      if ((err as { kind?: string }).kind !== "NotFound") throw err;
-    }
+    await c.cli.delete(c.id);
     this.release(c);
   }
 
@@ -244,13 +205,7 @@ export class RuncRuntime implements Runtime {
 
   async pids(containerId: string): Promise<PidInfo[]> {
     const c = this.rec(containerId);
-    const out = await c.cli.run("ps", ["--format", "json", c.id]);
-    let pids: number[];
-    try {
-      pids = JSON.parse(out || "[]") ?? [];
-    } catch {
-      throw new Error(`unexpected ps output: ${out.slice(0, 200)}`);
-    }
+    const pids = await c.cli.ps(c.id);
     const byPid = new Map<number, string>();
     for (const [execId, e] of c.execs) if (e.pid) byPid.set(e.pid, execId);
     return pids.map((pid) => ({ pid, execId: byPid.get(pid) ?? "" }));
@@ -258,12 +213,12 @@ export class RuncRuntime implements Runtime {
 
   async pause(containerId: string) {
     const c = this.rec(containerId);
-    await c.cli.run("pause", [c.id]);
+    await c.cli.pause(c.id);
   }
 
   async resume(containerId: string) {
     const c = this.rec(containerId);
-    await c.cli.run("resume", [c.id]);
+    await c.cli.resume(c.id);
   }
 
   async update(containerId: string, resources: Record<string, unknown>) {
@@ -271,7 +226,7 @@ export class RuncRuntime implements Runtime {
     const file = path.join(c.bundle, `resources-${randomBytes(4).toString("hex")}.json`);
     writeFileSync(file, JSON.stringify(resources));
     try {
-      await c.cli.run("update", ["--resources", file, c.id]);
+      await c.cli.update(c.id, file);
     } finally {
       rmSync(file, { force: true });
     }
@@ -284,8 +239,7 @@ export class RuncRuntime implements Runtime {
   async resizePty(ref: ProcessRef, width: number, height: number) {
     const c = this.rec(ref.containerId);
     const io = ref.execId ? this.execRec(c, ref.execId).io : c.io;
-    if (io.console < 0) return;
-    this.sys.setWinsize(io.console, height, width);
+    io.resize(height, width);
   }
 
   async closeStdin(ref: ProcessRef) {
@@ -305,9 +259,7 @@ export class RuncRuntime implements Runtime {
 
   async shutdown() {
     for (const c of [...this.containers.values()]) {
-      try {
-        await c.cli.run("delete", ["--force", c.id]);
-      } catch {}
+      await c.cli.delete(c.id).catch(() => {});
       this.release(c);
     }
   }

@@ -7,7 +7,7 @@
 // wherever it has been moved), or /proc/self/fd/N/name with UMOUNT_NOFOLLOW (N the verified parent).
 import { closeSync, constants, fstatSync, readdirSync, readlinkSync } from "node:fs";
 import path from "node:path";
-import { failedPrecondition, internal } from "../../shim/errors.js";
+import { failedPrecondition, internal } from "../../core/errors.js";
 import { mountPointsUnder } from "../../shim/mount.js";
 import {
   AT_FDCWD, AT_REMOVEDIR, MNT_DETACH, O_CLOEXEC, O_PATH, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,

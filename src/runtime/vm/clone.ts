@@ -3,7 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import path from "node:path";
-import type { Logger } from "../../shim/log.js";
+import type { Logger } from "../../core/log.js";
 import type { AgentLink, ConnectAgent } from "./agent.js";
 import { buildTemplate, lastLines, qemuSaid } from "./boot.js";
 import type { Hypervisor, VmHandle, VmSpec } from "./hypervisor.js";

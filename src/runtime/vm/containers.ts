@@ -2,7 +2,7 @@
 // agent; their stdio is relayed between the agent and what containerd opened on the host.
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
-import { failedPrecondition, invalidArgument, notFound } from "../../shim/errors.js";
+import { failedPrecondition, invalidArgument, notFound } from "../../core/errors.js";
 import { writeBundleState, type BundleState } from "../../shim/delete.js";
 import type { CreateRequest, ExecRequest, PidInfo, ProcessRef, RuntimeContext, Stats } from "../../shim/runtime.js";
 import { ProcessIO } from "../../shim/stdio.js";

@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import { ensurePrivateDir, readStateFile, writeStateFile } from "../../shim/statefs.js";
-import type { Logger } from "../../shim/log.js";
+import type { Logger } from "../../core/log.js";
 import { PROBE_BOOTED, probeArgs } from "./qemu.js";
 
 export type Accel = "kvm" | "tcg";

@@ -2,7 +2,7 @@
 // (made by the CNI plugin), a tap device for QEMU is joined to the CNI veth by tc mirred redirects
 // in both directions, and the guest interface gets the veth's MAC, addresses and routes.
 import { runChild } from "../../sys/children.js";
-import { failedPrecondition } from "../../shim/errors.js";
+import { failedPrecondition } from "../../core/errors.js";
 
 export interface PodInterface {
   name: string;

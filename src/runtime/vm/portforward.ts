@@ -7,7 +7,7 @@
 // stack (tc redirects it between veth and tap first), so only processes inside this namespace on the
 // host (containerd's port-forward, nothing else in vm mode) can reach the listener.
 import net from "node:net";
-import type { Logger } from "../../shim/log.js";
+import type { Logger } from "../../core/log.js";
 import type { Sys } from "../../sys/types.js";
 import type { AgentApi } from "./agent.js";
 import { inNetns } from "./network.js";

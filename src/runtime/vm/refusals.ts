@@ -1,7 +1,7 @@
 // What a pod cannot ask for in vm mode, because it would need the host's own namespaces or mount
 // tree, which a container inside a VM cannot reach. Checked before a VM boots, so that the pod fails
 // with a clear InvalidArgument naming the handler that can run it (README: "What vm mode refuses").
-import { invalidArgument } from "../../shim/errors.js";
+import { invalidArgument } from "../../core/errors.js";
 import type { OciSpec } from "../../shim/runtime.js";
 
 const RUNC_HANDLER = "cocoon-runc";

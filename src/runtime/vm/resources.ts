@@ -1,7 +1,7 @@
 // What a pod VM holds in the pod's network namespace on the host: the tap device wired to the CNI
 // interface (network.ts) and the port-forward listener (portforward.ts). Behind one interface so the
 // sandbox can be given another (tests run it without root or a namespace).
-import type { Logger } from "../../shim/log.js";
+import type { Logger } from "../../core/log.js";
 import type { Sys } from "../../sys/types.js";
 import type { AgentApi } from "./agent.js";
 import { inspectPodNetwork, setupTap, teardownTap, type PodNetwork } from "./network.js";

@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { alreadyExists } from "../../shim/errors.js";
+import { alreadyExists } from "../../core/errors.js";
 import { processStartTime } from "../../shim/fast-start.js";
 import { createStateFile, ensurePrivateDir, readStateFileOrUndefined } from "../../shim/statefs.js";
 import type { Sys } from "../../sys/types.js";

@@ -3,7 +3,7 @@
 // (containers.ts). Container rootfs and volumes reach the guest through one shared directory; the pod
 // network through a tap device (resources.ts).
 import path from "node:path";
-import { alreadyExists, failedPrecondition, unimplemented } from "../../shim/errors.js";
+import { alreadyExists, failedPrecondition, unimplemented } from "../../core/errors.js";
 import type { CreateRequest, ExecRequest, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats } from "../../shim/runtime.js";
 import type { Sys } from "../../sys/types.js";
 import type { ConnectAgent } from "./agent.js";

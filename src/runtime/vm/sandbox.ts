@@ -5,9 +5,9 @@
 // or the agent hangs up) and a normal delete or shim shutdown.
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
-import { failedPrecondition, internal, ShimError } from "../../shim/errors.js";
+import { failedPrecondition, internal, ShimError } from "../../core/errors.js";
 import type { VmConfig } from "./settings.js";
-import type { Logger } from "../../shim/log.js";
+import type { Logger } from "../../core/log.js";
 import type { Sys } from "../../sys/types.js";
 import type { AgentApi, AgentLink, ConnectAgent } from "./agent.js";
 import { lastLines } from "./boot.js";

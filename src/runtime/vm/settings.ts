@@ -1,6 +1,6 @@
 // vm mode's `[vm]` table.
 import { absolutePath, checkKeys, intIn, oneOf, pick, type Table } from "../../shim/config-fields.js";
-import { invalidArgument } from "../../shim/errors.js";
+import { invalidArgument } from "../../core/errors.js";
 
 /** Where `cocoon install` puts the guest kernel and image. */
 export const DEFAULT_ASSET_DIR = "/usr/local/share/cocoon";

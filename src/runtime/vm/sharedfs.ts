@@ -11,7 +11,7 @@
 // need mount propagation to carry each later mount over, and a second tree to clean up.
 import { closeSync, fstatSync, readlinkSync, realpathSync } from "node:fs";
 import path from "node:path";
-import { invalidArgument, ShimError } from "../../shim/errors.js";
+import { invalidArgument, ShimError } from "../../core/errors.js";
 import { mountCalls, mountFailed } from "../../shim/mount.js";
 import type { Mount, OciSpec } from "../../shim/runtime.js";
 import { AT_FDCWD, O_CLOEXEC, O_PATH, RESOLVE_NO_SYMLINKS, type Sys } from "../../sys/types.js";

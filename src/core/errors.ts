@@ -1,5 +1,6 @@
-// The one error type of the shim and runtimes. Runtime code throws ShimError with a kind; the
-// kind is turned into a gRPC status code here and only here (the TTRPC server reads `grpcCode`).
+// The one error type of the host (shim, runtimes) and the guest agent. Code throws ShimError with a
+// kind; the kind becomes a gRPC status code here and only here: the TTRPC server of either side reads
+// `grpcCode` (the shim's Task service and the agent's API alike).
 
 export type ErrorKind =
   | "NotFound"
@@ -12,7 +13,9 @@ export type ErrorKind =
   | "Internal"
   | "Unknown";
 
+/** google.rpc.Code numbers (core does not depend on the ttrpc layer, which has the same table). */
 const GRPC_CODES: Record<ErrorKind, number> = {
+  Unknown: 2,
   InvalidArgument: 3,
   DeadlineExceeded: 4,
   NotFound: 5,
@@ -21,7 +24,6 @@ const GRPC_CODES: Record<ErrorKind, number> = {
   Unimplemented: 12,
   Internal: 13,
   Unavailable: 14,
-  Unknown: 2,
 };
 
 export class ShimError extends Error {
@@ -46,10 +48,19 @@ export const invalidArgument = (msg: string) => new ShimError("InvalidArgument",
 export const unimplemented = (msg: string) => new ShimError("Unimplemented", msg);
 export const unavailable = (msg: string) => new ShimError("Unavailable", msg);
 export const internal = (msg: string, cause?: unknown) => new ShimError("Internal", msg, { cause });
+export const unknownError = (msg: string) => new ShimError("Unknown", msg);
 
 /** Keeps a ShimError as is; anything else becomes Unknown with its message (never loses the text). */
 export function asShimError(err: unknown): ShimError {
   if (err instanceof ShimError) return err;
-  const msg = err instanceof Error ? err.message : String(err);
-  return new ShimError("Unknown", msg, { cause: err });
+  return new ShimError("Unknown", errorText(err), { cause: err });
+}
+
+/** The kind of any error: a ShimError's own, else Unknown. */
+export function kindOf(err: unknown): ErrorKind {
+  return err instanceof ShimError ? err.kind : "Unknown";
+}
+
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
