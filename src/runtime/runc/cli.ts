@@ -11,6 +11,8 @@ export interface OciCliOptions {
   systemdCgroup: boolean;
   /** Directory for the JSON logs the runtime writes its errors to (one file per call). */
   logDir: string;
+  /** More global flags, after the ones above (see flavor.ts). */
+  extraGlobalArgs?: readonly string[];
 }
 
 export class OciRuntimeError extends ShimError {}
@@ -59,6 +61,7 @@ export class OciCli {
   private globalArgs(logFile: string): string[] {
     const a = ["--root", this.o.root, "--log", logFile, "--log-format", "json"];
     if (this.o.systemdCgroup) a.push("--systemd-cgroup");
+    if (this.o.extraGlobalArgs) a.push(...this.o.extraGlobalArgs);
     return a;
   }
 

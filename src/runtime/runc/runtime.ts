@@ -6,7 +6,7 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../shim/errors.js";
 import { mountAll, unmountAll } from "../../shim/mount.js";
-import type { Reaper } from "../../sys/reaper.js";
+import type { Exit, Reaper } from "../../sys/reaper.js";
 import type {
   CreateRequest, ExecRequest, IoOwner, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
 } from "../../shim/runtime.js";
@@ -17,10 +17,13 @@ import type { RuncBundleState } from "./cleanup.js";
 import { STATE_FILE, writeBundleState } from "../../shim/delete.js";
 import { runSubdir } from "../../shim/fast-start.js";
 import { OciCli, resolveBinary } from "./cli.js";
+import { RUNC_FLAVOR, type FlavorContainer, type OciFlavor } from "./flavor.js";
 
 interface ExecProc {
   io: ProcessIO;
   pid: number;
+  /** The pid inside the container, for a flavor that signals execs through the runtime. */
+  innerPid: number;
   specFile: string;
   terminal: boolean;
 }
@@ -40,6 +43,10 @@ interface ContainerRec {
   criu: string;
   /** Owner of the stdio of the container's processes, its execs' too (runc options IoUid/IoGid). */
   ioOwner: IoOwner | undefined;
+  view: FlavorContainer;
+  /** The init's stdio goes to `start`, not `create` (flavor.stdioAtStart). */
+  stdioAtStart: boolean;
+  stopFollowing: () => void;
 }
 
 /** runc hands the pty master over this socket: in root's own run dir, never in a shared /tmp. */
@@ -58,6 +65,7 @@ export class RuncRuntime implements Runtime {
     private readonly ctx: RuntimeContext,
     private readonly sys: Sys,
     private readonly reaper: Reaper,
+    private readonly flavor: OciFlavor = RUNC_FLAVOR,
   ) {}
 
   private rec(id: string): ContainerRec {
@@ -79,6 +87,7 @@ export class RuncRuntime implements Runtime {
       root: path.join(runc.root, req.namespace),
       systemdCgroup: runc.systemdCgroup,
       logDir: req.bundle,
+      extraGlobalArgs: this.flavor.globalArgs,
     });
     mkdirSync(path.join(runc.root, req.namespace), { recursive: true, mode: 0o711 });
     if (req.checkpoint) throw unimplemented("restoring from a checkpoint is not supported in runc mode yet");
@@ -104,10 +113,15 @@ export class RuncRuntime implements Runtime {
       if (runc.noPivotRoot) args.push("--no-pivot");
       if (runc.noNewKeyring) args.push("--no-new-keyring");
       args.push(req.id);
-      try {
-        await cli.run("create", args, { stdio: io.childFds() });
-      } finally {
-        io.releaseChildFds();
+      const stdioAtStart = this.flavor.stdioAtStart(req.spec);
+      if (stdioAtStart) {
+        await cli.run("create", args);
+      } else {
+        try {
+          await cli.run("create", args, { stdio: io.childFds() });
+        } finally {
+          io.releaseChildFds();
+        }
       }
       cleanups.push(() => void cli.run("delete", ["--force", req.id]).catch(() => {}));
       if (receiver) io.attachConsole(await receiver.received);
@@ -116,16 +130,14 @@ export class RuncRuntime implements Runtime {
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
         cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner: req.ioOwner,
+        view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, binary: cli.binaryPath, root: path.join(runc.root, req.namespace) }, stdioAtStart, stopFollowing: () => {},
       };
-      rec.stopOom = cgroup.watchOom(this.sys, () => this.ctx.events.oom(req.id));
-      const state: RuncBundleState = { mode: "runc", binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
+      const onOom = () => this.ctx.events.oom(req.id);
+      rec.stopOom = this.flavor.watchOom ? this.flavor.watchOom(rec.view, onOom) : cgroup.watchOom(this.sys, onOom);
+      const state: RuncBundleState = { mode: this.flavor.stateMode, binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
       writeBundleState(req.bundle, state);
       this.containers.set(req.id, rec);
-      this.reaper.watch(pid, (e) => {
-        log.debug("init exited", { pid, status: e.status });
-        io.processExited();
-        this.ctx.events.exited({ containerId: req.id, execId: "" }, pid, { status: e.status, at: e.at });
-      });
+      if (!this.flavor.followInit) this.reaper.watch(pid, (e) => this.initExited(rec, e));
       return { pid };
     } catch (err) {
       for (const undo of cleanups.reverse()) {
@@ -139,15 +151,32 @@ export class RuncRuntime implements Runtime {
     }
   }
 
+  private initExited(c: ContainerRec, e: Exit) {
+    this.ctx.log.debug("init exited", { id: c.id, pid: c.initPid, status: e.status });
+    c.io.processExited();
+    this.ctx.events.exited({ containerId: c.id, execId: "" }, c.initPid, { status: e.status, at: e.at });
+  }
+
   async start(ref: ProcessRef): Promise<{ pid: number }> {
     const c = this.rec(ref.containerId);
     if (!ref.execId) {
-      await c.cli.run("start", [c.id]);
+      if (c.stdioAtStart) {
+        try {
+          await c.cli.run("start", [c.id], { stdio: c.io.childFds() });
+        } finally {
+          c.io.releaseChildFds();
+        }
+      } else {
+        await c.cli.run("start", [c.id]);
+      }
+      if (this.flavor.followInit) c.stopFollowing = this.flavor.followInit(c.view, (e) => this.initExited(c, e));
       return { pid: c.initPid };
     }
     const e = this.execRec(c, ref.execId);
     const pidFile = path.join(c.bundle, `exec-${ref.execId}.pid`);
+    const innerPidFile = path.join(c.bundle, `exec-${ref.execId}.inner-pid`);
     const args = ["--detach", "--pid-file", pidFile, "--process", e.specFile];
+    if (this.flavor.execKillThroughRuntime) args.push("--internal-pid-file", innerPidFile);
     let receiver: FdReceiver | undefined;
     if (e.terminal) {
       receiver = this.sys.receiveFd(consoleSocketPath(), 30_000);
@@ -169,6 +198,10 @@ export class RuncRuntime implements Runtime {
     }
     e.pid = readPid(pidFile);
     rmSync(pidFile, { force: true });
+    if (this.flavor.execKillThroughRuntime) {
+      e.innerPid = readPid(innerPidFile);
+      rmSync(innerPidFile, { force: true });
+    }
     const pid = e.pid;
     this.reaper.watch(pid, (x) => {
       e.io.processExited();
@@ -188,7 +221,7 @@ export class RuncRuntime implements Runtime {
     writeFileSync(specFile, JSON.stringify(proc));
     try {
       const io = await ProcessIO.open(req.stdio, { id: req.execId, namespace: c.namespace, sys: this.sys, owner: c.ioOwner });
-      c.execs.set(req.execId, { io, pid: 0, specFile, terminal: req.stdio.terminal });
+      c.execs.set(req.execId, { io, pid: 0, innerPid: 0, specFile, terminal: req.stdio.terminal });
     } catch (err) {
       rmSync(specFile, { force: true });
       throw err;
@@ -203,6 +236,10 @@ export class RuncRuntime implements Runtime {
       return;
     }
     const e = this.execRec(c, ref.execId);
+    if (e.innerPid) {
+      await c.cli.run("kill", ["--pid", String(e.innerPid), c.id, String(signal)]);
+      return;
+    }
     try {
       process.kill(e.pid, signal);
     } catch (err) {
@@ -232,7 +269,8 @@ export class RuncRuntime implements Runtime {
 
   private release(c: ContainerRec) {
     c.stopOom();
-    this.reaper.unwatch(c.initPid);
+    c.stopFollowing();
+    if (!this.flavor.followInit) this.reaper.unwatch(c.initPid);
     for (const e of c.execs.values()) e.io.close();
     c.io.close();
     if (c.mounted) unmountAll(this.sys, c.rootfs);
@@ -251,7 +289,7 @@ export class RuncRuntime implements Runtime {
       throw new Error(`unexpected ps output: ${out.slice(0, 200)}`);
     }
     const byPid = new Map<number, string>();
-    for (const [execId, e] of c.execs) if (e.pid) byPid.set(e.pid, execId);
+    for (const [execId, e] of c.execs) if (e.pid) byPid.set(e.innerPid || e.pid, execId);
     return pids.map((pid) => ({ pid, execId: byPid.get(pid) ?? "" }));
   }
 
@@ -267,6 +305,7 @@ export class RuncRuntime implements Runtime {
 
   async update(containerId: string, resources: Record<string, unknown>) {
     const c = this.rec(containerId);
+    if (this.flavor.unsupported.update) throw unimplemented(this.flavor.unsupported.update);
     const file = path.join(c.bundle, `resources-${randomBytes(4).toString("hex")}.json`);
     writeFileSync(file, JSON.stringify(resources));
     try {
@@ -277,7 +316,8 @@ export class RuncRuntime implements Runtime {
   }
 
   async stats(containerId: string): Promise<Stats> {
-    return this.rec(containerId).cgroup.stats();
+    const c = this.rec(containerId);
+    return this.flavor.stats ? this.flavor.stats(c.view) : c.cgroup.stats();
   }
 
   async resizePty(ref: ProcessRef, width: number, height: number) {
@@ -294,6 +334,7 @@ export class RuncRuntime implements Runtime {
 
   async checkpoint(containerId: string, imagePath: string, _options: Record<string, unknown>) {
     const c = this.rec(containerId);
+    if (this.flavor.unsupported.checkpoint) throw unimplemented(this.flavor.unsupported.checkpoint);
     try {
       resolveBinary(c.criu || "criu");
     } catch {
