@@ -13,9 +13,19 @@ const entries = {
   cocoon: "src/cli/main.ts",
   "cocoon-agent": "src/agent/main.ts",
 };
+// `start` loads only what it runs: a runtime mode's code sits behind dynamic imports (RuntimeMode.create),
+// which only the daemon (the full bundle) follows.
+const lazyImportsStayOut = {
+  name: "lazy-imports-stay-out",
+  setup(b) {
+    b.onResolve({ filter: /.*/ }, (args) => (args.kind === "dynamic-import" ? { path: args.path, external: true } : undefined));
+  },
+};
+const lean = new Set(["containerd-shim-cocoon-v2"]);
 await Promise.all(
   Object.entries(entries).map(([name, entry]) =>
     build({
+      plugins: lean.has(name) ? [lazyImportsStayOut] : [],
       entryPoints: [entry],
       outfile: `dist/${name}.cjs`,
       bundle: true,

@@ -5,7 +5,10 @@ import { closeSync, constants, existsSync, openSync, readFileSync, readdirSync }
 import { dirname, join } from "node:path";
 import { Command } from "commander";
 import { parse as parseToml } from "smol-toml";
-import { defaultConfig, parseConfig, type CocoonConfig } from "../shim/config.js";
+import { defaultConfig, parseConfig, settingsFor } from "../shim/config.js";
+import { MODES } from "../runtime/modes.js";
+import type { RuncSettings } from "../runtime/runc/settings.js";
+import type { VmConfig } from "../runtime/vm/settings.js";
 import { isTemplateKey } from "../runtime/vm/template.js";
 import { CRI_PLUGIN, RUNTIME_TYPE, criRuntimes, type RegisteredRuntime } from "./install/containerd-config.js";
 import { runCommand, type Runner } from "./install/host.js";
@@ -51,10 +54,7 @@ export interface CheckOptions {
   guestDir?: string;
 }
 
-const HANDLERS = [
-  { name: "cocoon", mode: "vm", file: "/etc/cocoon/cocoon-vm.toml" },
-  { name: "cocoon-runc", mode: "runc", file: "/etc/cocoon/cocoon-runc.toml" },
-] as const;
+const HANDLERS = MODES.map((m) => ({ name: m.handler, mode: m.name, file: `/etc/cocoon/${m.configFile}` }));
 /** containerd's PATH when started by its systemd unit; shims are looked up there. */
 const SYSTEMD_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 const CNI_PLUGINS = ["bridge", "host-local", "loopback"];
@@ -169,16 +169,16 @@ function checkHandlers(cfg: EffectiveConfig): { result: CheckResult; runtimes: R
   const wrongType = HANDLERS.filter((h) => all.some((r) => r.name === h.name && r.runtimeType !== RUNTIME_TYPE)).map((h) => h.name);
   const desc = have.map((r) => `${r.name} -> ${r.configPath || "(no ConfigPath)"}`).join(", ");
   if (wrongType.length) return { result: fail(name, `${wrongType.join(", ")} registered with a runtime_type other than ${RUNTIME_TYPE}`, fixInstall), runtimes: have };
-  if (!have.length) return { result: fail(name, `neither cocoon nor cocoon-runc is registered (${cfg.how})`, fixInstall), runtimes: [] };
+  if (!have.length) return { result: fail(name, `none of ${HANDLERS.map((h) => h.name).join(", ")} is registered (${cfg.how})`, fixInstall), runtimes: [] };
   if (missing.length) return { result: warn(name, `${desc}; ${missing.join(", ")} not registered`, fixInstall), runtimes: have };
   const noPath = have.filter((r) => !r.configPath).map((r) => r.name);
   if (noPath.length) return { result: warn(name, `${desc}: no options.ConfigPath, the shim uses built-in defaults`, fixInstall), runtimes: have };
   return { result: ok(name, desc), runtimes: have };
 }
 
-function checkCocoonConfigs(env: CheckEnv, runtimes: RegisteredRuntime[]): { results: CheckResult[]; vm: CocoonConfig; runc: CocoonConfig } {
+function checkCocoonConfigs(env: CheckEnv, runtimes: RegisteredRuntime[]): { results: CheckResult[]; vm: VmConfig; runc: RuncSettings } {
   const results: CheckResult[] = [];
-  const loaded: Record<string, CocoonConfig> = {};
+  const loaded: Record<string, unknown> = {};
   for (const h of HANDLERS) {
     const path = runtimes.find((r) => r.name === h.name)?.configPath || h.file;
     const name = `config ${h.name}`;
@@ -188,16 +188,17 @@ function checkCocoonConfigs(env: CheckEnv, runtimes: RegisteredRuntime[]): { res
       continue;
     }
     try {
-      const cfg = parseConfig(text, path);
-      loaded[h.mode] = cfg;
+      const cfg = parseConfig(text, path, MODES);
+      loaded[h.mode] = settingsFor(cfg, h.mode);
       if (cfg.mode !== h.mode) results.push(warn(name, `${path} has mode = "${cfg.mode}", expected "${h.mode}" for handler ${h.name}`, `set mode = "${h.mode}" in ${path}`));
       else results.push(ok(name, `${path} (mode ${cfg.mode})`));
     } catch (err) {
       results.push(fail(name, (err as Error).message, `fix ${path}`));
     }
   }
-  const vm = loaded["vm"] ?? { ...defaultConfig(), mode: "vm" };
-  const runc = loaded["runc"] ?? defaultConfig();
+  const defaults = defaultConfig(MODES);
+  const vm = (loaded["vm"] ?? settingsFor(defaults, "vm")) as VmConfig;
+  const runc = (loaded["runc"] ?? settingsFor(defaults, "runc")) as RuncSettings;
   return { results, vm, runc };
 }
 
@@ -223,10 +224,10 @@ async function checkOciRuntime(env: CheckEnv, bin: "runc" | "crun", configured: 
   return ok(bin, `${version}${isConfigured ? " (used by cocoon-runc)" : ""}`);
 }
 
-async function checkQemu(env: CheckEnv, vm: CocoonConfig): Promise<CheckResult> {
-  const res = await env.run([vm.vm.qemu, "--version"], 10_000);
+async function checkQemu(env: CheckEnv, vm: VmConfig): Promise<CheckResult> {
+  const res = await env.run([vm.qemu, "--version"], 10_000);
   if (res.spawnError || res.code !== 0) {
-    return fail("qemu", `${vm.vm.qemu} not found (needed by the cocoon VM runtime)`, "apt-get install qemu-system-x86 (or set vm.qemu in the VM config)");
+    return fail("qemu", `${vm.qemu} not found (needed by the cocoon VM runtime)`, "apt-get install qemu-system-x86 (or set vm.qemu in the VM config)");
   }
   return ok("qemu", firstLine(res.stdout));
 }
@@ -246,9 +247,9 @@ function findProbe(env: CheckEnv, guestDir: string | undefined): string | undefi
 }
 
 /** Runs guest/kvm-probe.sh (one bounded KVM boot) against the guest assets the VM config names. */
-function scriptProbe(env: CheckEnv, script: string, vm: CocoonConfig): () => Promise<KvmProbeResult> {
+function scriptProbe(env: CheckEnv, script: string, vm: VmConfig): () => Promise<KvmProbeResult> {
   return async () => {
-    const assets = dirname(vm.vm.kernel);
+    const assets = dirname(vm.kernel);
     const localOut = join(dirname(script), "out");
     const extra: Record<string, string> = {};
     if (!env.exists(join(localOut, "manifest.json")) && env.exists(join(assets, "manifest.json"))) extra["COCOON_GUEST_OUT"] = assets;
@@ -265,9 +266,9 @@ function scriptProbe(env: CheckEnv, script: string, vm: CocoonConfig): () => Pro
   };
 }
 
-async function checkKvm(env: CheckEnv, vm: CocoonConfig, o: CheckOptions): Promise<CheckResult> {
+async function checkKvm(env: CheckEnv, vm: VmConfig, o: CheckOptions): Promise<CheckResult> {
   const name = "kvm";
-  const needKvm = vm.vm.accel === "kvm";
+  const needKvm = vm.accel === "kvm";
   const noKvm = (detail: string, fix: string) =>
     needKvm ? fail(name, `${detail}; the VM config sets accel = "kvm"`, fix) : warn(name, `${detail}; VMs fall back to TCG emulation (much slower)`, fix);
   if (!env.exists("/dev/kvm")) return noKvm("no /dev/kvm", "enable virtualisation (VT-x/AMD-V, nested virtualisation on a VM) and load kvm_intel/kvm_amd");
@@ -282,19 +283,19 @@ async function checkKvm(env: CheckEnv, vm: CocoonConfig, o: CheckOptions): Promi
   return noKvm(r.detail, needKvm ? 'set vm.accel = "auto" or "tcg", or fix KVM on this host' : "fix KVM on this host (nested virtualisation?) for fast VMs");
 }
 
-function checkAssets(env: CheckEnv, vm: CocoonConfig): CheckResult {
-  const assets = [vm.vm.kernel, vm.vm.initrd, vm.vm.rootfs].filter((p) => p);
+function checkAssets(env: CheckEnv, vm: VmConfig): CheckResult {
+  const assets = [vm.kernel, vm.initrd, vm.rootfs].filter((p) => p);
   const missing = assets.filter((p) => !env.exists(p));
   if (missing.length) return fail("guest assets", `missing ${missing.join(", ")}`, "run `cocoon install` (copies guest/out/), or build them with guest/build.sh");
   return ok("guest assets", assets.join(", "));
 }
 
 /** Whether pod VMs start from VM templates, and which are ready (src/runtime/vm/template.ts). */
-function checkTemplates(env: CheckEnv, vm: CocoonConfig): CheckResult {
-  const dir = join(vm.vm.stateDir, "templates");
-  if (!vm.vm.template) return ok("vm templates", "off (template = false): every pod VM boots");
-  if (!vm.vm.rootfs || env.listDir(vm.vm.rootfs) !== undefined) {
-    return warn("vm templates", `on, but vm.rootfs "${vm.vm.rootfs}" is not an image (QEMU cannot snapshot a VM with a 9p root): every pod VM boots`, "use the EROFS image (rootfs.erofs) as vm.rootfs");
+function checkTemplates(env: CheckEnv, vm: VmConfig): CheckResult {
+  const dir = join(vm.stateDir, "templates");
+  if (!vm.template) return ok("vm templates", "off (template = false): every pod VM boots");
+  if (!vm.rootfs || env.listDir(vm.rootfs) !== undefined) {
+    return warn("vm templates", `on, but vm.rootfs "${vm.rootfs}" is not an image (QEMU cannot snapshot a VM with a 9p root): every pod VM boots`, "use the EROFS image (rootfs.erofs) as vm.rootfs");
   }
   const entries = env.listDir(dir) ?? [];
   const ready = entries.filter((n) => isTemplateKey(n) && env.exists(join(dir, n, "ready")));
@@ -378,8 +379,8 @@ export async function runChecks(opts: CheckOptions = {}): Promise<CheckResult[]>
   const handlers = checkHandlers(effective);
   const configs = checkCocoonConfigs(env, handlers.runtimes);
   const [runc, crun, qemu, kvm, koffi] = await Promise.all([
-    checkOciRuntime(env, "runc", configs.runc.runc.binary),
-    checkOciRuntime(env, "crun", configs.runc.runc.binary),
+    checkOciRuntime(env, "runc", configs.runc.binary),
+    checkOciRuntime(env, "crun", configs.runc.binary),
     checkQemu(env, configs.vm),
     checkKvm(env, configs.vm, opts),
     checkKoffi(env),

@@ -52,12 +52,12 @@ export function demoPodSpec(): PodSpec {
 
 /** The handler from --handler / --mode, else the spec's, else cocoon (a pod in its own VM). */
 export function resolveHandler(o: Pick<DemoOptions, "handler" | "mode">, spec: PodSpec): HandlerName {
-  const byMode: Record<string, HandlerName> = { runc: "cocoon-runc", vm: "cocoon" };
-  if (o.mode !== undefined && !(o.mode in byMode)) throw new Error(`--mode must be runc or vm, got "${o.mode}"`);
+  const byMode: Record<string, HandlerName> = Object.fromEntries(Object.entries(HANDLERS).map(([h, v]) => [v.mode, h]));
+  if (o.mode !== undefined && !(o.mode in byMode)) throw new Error(`--mode must be one of ${Object.keys(byMode).join(", ")}, got "${o.mode}"`);
   const fromMode = o.mode !== undefined ? byMode[o.mode] : undefined;
   if (o.handler !== undefined && fromMode !== undefined && o.handler !== fromMode) throw new Error(`--handler ${o.handler} and --mode ${o.mode} disagree`);
   const handler = o.handler ?? fromMode ?? (spec.runtimeHandler || "cocoon");
-  if (!(handler in HANDLERS)) throw new Error(`unknown runtime handler "${handler}": the demo registers ${Object.keys(HANDLERS).join(" and ")}`);
+  if (!(handler in HANDLERS)) throw new Error(`unknown runtime handler "${handler}": the demo registers ${Object.keys(HANDLERS).join(", ")}`);
   return handler as HandlerName;
 }
 

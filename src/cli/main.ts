@@ -4,6 +4,10 @@ import { installCommand, uninstallCommand } from "./install/command.js";
 import { checkCommand } from "./check.js";
 import { demoCommand } from "./demo.js";
 import { podCommand } from "./pod/index.js";
+import { registerModes } from "../shim/modes.js";
+import { MODES } from "../runtime/modes.js";
+
+registerModes(MODES);
 
 const program = new Command();
 program.name("cocoon").description("Cocoon: a containerd shim v2 runtime (runc mode and VM-per-pod mode)").version("0.1.0");

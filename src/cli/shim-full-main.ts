@@ -1,31 +1,20 @@
-// The full shim (bundled as containerd-shim-cocoon-v2-full.cjs): wires the shim SDK to the runtimes (the only place
-// that knows both) and runs containerd's `delete` and our own `daemon` and `spare` actions. `start` is
+// The full shim (bundled as containerd-shim-cocoon-v2-full.cjs): registers the runtime modes with the shim SDK
+// and runs containerd's `delete` and our own `daemon` and `spare` actions. `start` is
 // served by the small entry (shim-main.ts) so that it does not pay for loading all of this.
 import { parseShimFlags, FlagError } from "../shim/flags.js";
 import { writeStdout } from "../shim/bootstrap.js";
 import { deleteCommand } from "../shim/delete.js";
 import { runDaemon, spawnedHandoff, type DaemonDeps } from "../shim/daemon.js";
 import { runSpare } from "../shim/spare.js";
-import { RuncRuntime } from "../runtime/runc/runtime.js";
-import { cleanupRuncBundle } from "../runtime/runc/cleanup.js";
-import { cleanupVmBundle } from "../runtime/vm/cleanup.js";
-import { invalidArgument } from "../shim/errors.js";
+import { registerModes } from "../shim/modes.js";
+import { MODES } from "../runtime/modes.js";
 import { sys } from "../sys/index.js";
 
 const VERSION = "0.1.0";
 
-const daemonDeps: DaemonDeps = {
-  sys,
-  async makeRuntime(mode, ctx, reaper) {
-    if (mode === "runc") return new RuncRuntime(ctx, sys, reaper);
-    if (mode === "vm") {
-      // Loaded only by vm-mode daemons: the agent API and VMM driver are not needed otherwise.
-      const [{ VmRuntime }, { Qemu }] = await Promise.all([import("../runtime/vm/runtime.js"), import("../runtime/vm/qemu.js")]);
-      return new VmRuntime(ctx, sys, new Qemu(ctx.config.vm.qemu), ctx.config.vm.stateDir);
-    }
-    throw invalidArgument(`mode "${mode}" is not available in this build`);
-  },
-};
+const daemonDeps: DaemonDeps = { sys };
+
+registerModes(MODES);
 
 async function main(argv: string[]): Promise<number> {
   let flags;
@@ -44,10 +33,7 @@ async function main(argv: string[]): Promise<number> {
   }
   switch (flags.action) {
     case "delete": {
-      const out = await deleteCommand(flags, {
-        runc: (id, bundle, state) => cleanupRuncBundle(sys, id, bundle, state),
-        vm: (id, bundle, state) => cleanupVmBundle(sys, id, bundle, state),
-      });
+      const out = await deleteCommand(flags, sys);
       writeStdout(out);
       return 0;
     }

@@ -5,6 +5,8 @@ import path from "node:path";
 import { startCommand, writeStdout } from "../shim/bootstrap.js";
 import { parseShimFlags } from "../shim/flags.js";
 import { sys } from "../sys/index.js";
+import { registerModes } from "../shim/modes.js";
+import { MODES } from "../runtime/modes.js";
 
 declare const __dirname: string | undefined;
 declare const require: ((id: string) => unknown) | undefined;
@@ -29,6 +31,8 @@ async function main(argv: string[]) {
     else await import(path.join(bundleDir(), "shim-full-main.js"));
     return;
   }
+  // `start` parses the config (each mode its own table); the modes' runtimes are never loaded here.
+  registerModes(MODES);
   const daemonArgv = [path.join(bundleDir(), FULL_BUNDLE), "-namespace", flags.namespace, "-address", flags.address,
     "-publish-binary", flags.publishBinary, "-id", flags.id, ...(flags.debug ? ["-debug"] : []), "daemon"];
   try {

@@ -205,7 +205,7 @@ export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: strin
     });
     child.unref();
     if (child.pid) adjustOomScore(child.pid, process.ppid);
-    if (input.options.kind === "runc" && input.options.shimCgroup && child.pid) joinCgroup(input.options.shimCgroup, child.pid);
+    if (input.options.kind === "runc" && input.options.runc.shimCgroup && child.pid) joinCgroup(input.options.runc.shimCgroup, child.pid);
     closeSync(fd);
   }
   writeAddressFile(bundle, address);

@@ -10,20 +10,18 @@ import type { ShimFlags } from "./flags.js";
 import { readShimEnv } from "./flags.js";
 import { Logger } from "./log.js";
 import { resolveConfig, type RuntimeOptions } from "./options.js";
-import type { CocoonConfig } from "./config.js";
+import { settingsFor, type CocoonConfig } from "./config.js";
+import { modeNamed } from "./modes.js";
 import { SPARE_KEY_ENV, SPARE_WATCH_ENV, topUpSpares } from "./spare-pool.js";
 import { decodeOptionsEnv } from "./bootstrap.js";
 import { forgetDaemon, recordDaemon } from "./fast-start.js";
 import { Publisher } from "./publisher.js";
 import { Reaper } from "../sys/reaper.js";
-import type { Runtime, RuntimeContext } from "./runtime.js";
 import { registerTaskService } from "./service.js";
 import { TaskManager } from "./tasks.js";
 
 export interface DaemonDeps {
   sys: Sys;
-  /** Builds the runtime for the configured mode. */
-  makeRuntime(mode: string, ctx: RuntimeContext, reaper: Reaper): Runtime | Promise<Runtime>;
 }
 
 /** What the daemon serves and where: the listening socket and the `start` that made it. */
@@ -80,11 +78,13 @@ export async function runDaemon(flags: ShimFlags, deps: DaemonDeps, handoff: Dae
   const reaper = new Reaper(deps.sys);
   reaper.start();
   let tasks!: TaskManager;
-  const runtime = await deps.makeRuntime(cfg.mode, {
+  const mode = modeNamed(cfg.mode);
+  const runtime = await mode.create({
     config: cfg,
+    settings: settingsFor(cfg, mode.name),
     log,
     events: { exited: (ref, pid, exit) => tasks.exited(ref, pid, exit), oom: (id) => tasks.oom(id) },
-  }, reaper);
+  }, { sys: deps.sys, reaper });
   tasks = new TaskManager(runtime, publisher);
   const server = new TtrpcServer({ onError: (err, where) => log.warn("ttrpc", { where, err: (err as Error)?.message ?? String(err) }) });
   const socket = handoff.socket;

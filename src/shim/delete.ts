@@ -10,6 +10,8 @@ import { canConnect } from "./address.js";
 import { sweepSpares } from "./spare-pool.js";
 import { forgetDaemon, runDirTrusted, sweepDeadDaemons, sweepStartInputs } from "./fast-start.js";
 import { readStateFile, writeStateFile } from "./statefs.js";
+import { registeredModes } from "./modes.js";
+import type { Sys } from "../sys/types.js";
 
 /** What a runtime leaves in the bundle so `delete` can clean up without the daemon. */
 export interface BundleState {
@@ -32,20 +34,16 @@ export function readBundleState(bundle: string): BundleState | undefined {
   }
 }
 
-export type Cleanup = (id: string, bundle: string, state: BundleState) => Promise<{ pid: number }>;
-
 /**
  * `delete`: containerd runs this after every task and after a daemon died. It must be idempotent,
  * finish within containerd's 5 s, and print only the raw DeleteResponse on stdout.
  */
-export async function deleteCommand(flags: ShimFlags, cleanups: Record<string, Cleanup>): Promise<Uint8Array> {
+export async function deleteCommand(flags: ShimFlags, sys: Sys): Promise<Uint8Array> {
   const bundle = flags.bundle || process.cwd();
   const state = readBundleState(bundle);
   let pid = 0;
-  if (state) {
-    const cleanup = cleanups[state.mode];
-    if (cleanup) pid = (await cleanup(flags.id, bundle, state)).pid;
-  }
+  const mode = state && registeredModes().find((m) => m.name === state.mode);
+  if (state && mode) pid = (await mode.cleanupBundle(sys, flags.id, bundle, state)).pid;
   // The sweeps remove files by what they find in RUN_DIR: only if it is root's alone, or another
   // user could point them at files of their choosing.
   const trusted = runDirTrusted();

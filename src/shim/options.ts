@@ -2,12 +2,13 @@
 // options for runtimes configured like runc-v2, or the generic options the CRI plugin sends for
 // other runtime types, whose ConfigPath (or inline body) selects the Cocoon config file.
 import { readAny, readGenericOptions, readRuncOptions } from "./options-wire.js";
-import { defaultConfig, loadConfigFile, parseConfig, type CocoonConfig, type RuncConfig } from "./config.js";
+import { defaultConfig, loadConfigFile, parseConfig, type CocoonConfig } from "./config.js";
+import type { RuncOptionsWire } from "./options-wire.js";
 import { invalidArgument } from "./errors.js";
 
 export type RuntimeOptions =
   | { kind: "none" }
-  | { kind: "runc"; runc: Partial<RuncConfig>; shimCgroup: string; ioUid: number; ioGid: number }
+  | { kind: "runc"; runc: RuncOptionsWire }
   | { kind: "generic"; configPath: string; configBody: Uint8Array };
 
 const bareType = (typeUrl: string) => typeUrl.slice(typeUrl.lastIndexOf("/") + 1);
@@ -16,15 +17,7 @@ export function decodeOptions(typeUrl: string, value: Uint8Array): RuntimeOption
   const type = bareType(typeUrl);
   try {
     if (type === "containerd.runc.v1.Options") {
-      const o = readRuncOptions(value);
-      const runc: Partial<RuncConfig> = {};
-      if (o.binaryName) runc.binary = o.binaryName;
-      if (o.root) runc.root = o.root;
-      if (o.systemdCgroup) runc.systemdCgroup = true;
-      if (o.noPivotRoot) runc.noPivotRoot = true;
-      if (o.noNewKeyring) runc.noNewKeyring = true;
-      if (o.criuPath) runc.criuPath = o.criuPath;
-      return { kind: "runc", runc, shimCgroup: o.shimCgroup, ioUid: o.ioUid, ioGid: o.ioGid };
+      return { kind: "runc", runc: readRuncOptions(value) };
     }
     if (type === "runtimeoptions.v1.Options") {
       const o = readGenericOptions(value);
@@ -49,13 +42,15 @@ export function decodeOptionsAny(bytes: Uint8Array): RuntimeOptions {
   return decodeOptions(any.typeUrl, any.value);
 }
 
-/** The config for these options: the file they name, else $COCOON_CONFIG, else built-in defaults. */
+/**
+ * The config for these options: the file they name, else $COCOON_CONFIG, else built-in defaults.
+ * runc options do not change it: the modes that honour them read them from each Create.
+ */
 export function resolveConfig(opts: RuntimeOptions, env: NodeJS.ProcessEnv = process.env): CocoonConfig {
   let cfg: CocoonConfig;
   if (opts.kind === "generic" && opts.configBody.length > 0) cfg = parseConfig(new TextDecoder().decode(opts.configBody), "(inline config body)");
   else if (opts.kind === "generic" && opts.configPath) cfg = loadConfigFile(opts.configPath);
   else if (env["COCOON_CONFIG"]) cfg = loadConfigFile(env["COCOON_CONFIG"]);
   else cfg = defaultConfig();
-  if (opts.kind === "runc") cfg.runc = { ...cfg.runc, ...opts.runc };
   return cfg;
 }

@@ -1,7 +1,11 @@
-// The contract between the shim SDK and a concrete runtime (runc mode, vm mode). Requests arrive here
+// The contract between the shim SDK and a concrete runtime mode (runc, vm, ...). Requests arrive here
 // already converted from wire messages: runtimes never see TTRPC or protobuf task types.
-import type { CocoonConfig, RuncConfig } from "./config.js";
+import type { CocoonConfig } from "./config.js";
+import type { Table } from "./config-fields.js";
+import type { BundleState } from "./delete.js";
 import type { Logger } from "./log.js";
+import type { Reaper } from "../sys/reaper.js";
+import type { Sys } from "../sys/types.js";
 
 export interface Mount {
   type: string;
@@ -26,13 +30,16 @@ export interface CreateRequest {
   checkpoint: string;
   /** Parsed OCI runtime spec (config.json of the bundle). */
   spec: OciSpec;
-  /** Per-container OCI runtime settings from containerd's runc options (BinaryName, Root, ...). */
-  runcOverrides: Partial<RuncConfig>;
   /**
-   * Host uid/gid to own the stdio the shim hands the container's processes (runc options IoUid/IoGid).
-   * Only runc mode has any: in vm mode the processes' stdio are the agent's pipes inside the guest.
+   * The runtime options containerd sent with this container (a protobuf Any), undecoded: each mode
+   * reads the kinds it understands (runc mode: containerd's runc options). See shim/options.ts.
    */
-  ioOwner?: IoOwner;
+  options?: RuntimeOptionsAny;
+}
+
+export interface RuntimeOptionsAny {
+  typeUrl: string;
+  value: Uint8Array;
 }
 
 /**
@@ -90,10 +97,19 @@ export interface RuntimeEvents {
   oom(containerId: string): void;
 }
 
-export interface RuntimeContext {
+export interface RuntimeContext<S = unknown> {
+  /** The generic part of the config (mode, grouping, ...). */
   config: CocoonConfig;
+  /** The active mode's own settings: its config table as its parseSettings returned it. */
+  settings: S;
   log: Logger;
   events: RuntimeEvents;
+}
+
+/** What the daemon lends a runtime: the system calls and the reaper of its children. */
+export interface RuntimeHost {
+  sys: Sys;
+  reaper: Reaper;
 }
 
 export interface Runtime {
@@ -119,4 +135,28 @@ export interface Runtime {
   shutdown(): Promise<void>;
 }
 
-export type RuntimeFactory = (ctx: RuntimeContext) => Runtime;
+/**
+ * A runtime mode, registered as one object (src/runtime/modes.ts): everything the SDK, `delete`, and
+ * the CLI's install/check/lab need to know about it. Heavy code stays behind `create`/`cleanupBundle`,
+ * so that `start` (which only parses config) does not load it.
+ */
+export interface RuntimeMode<S = unknown> {
+  /** The config's `mode` value, the name of the mode's own table, and the `mode` in bundle state files. */
+  name: string;
+  /** The RuntimeClass handler `cocoon install` registers for it with the CRI plugin. */
+  handler: string;
+  /** Its shipped config file, in deploy/config/ and /etc/cocoon/. */
+  configFile: string;
+  /** One line for humans: what a pod is in this mode. */
+  summary: string;
+  /** Keys of its table holding host state directories (the lab points them into its private dir). */
+  stateKeys: readonly string[];
+  /** CRI plugin runtime setting: privileged pods get no host devices (the sandbox has its own). */
+  privilegedWithoutHostDevices: boolean;
+  /** Parses the mode's config table ({} when absent); throws InvalidArgument naming `where`. */
+  parseSettings(section: Table, where: string): S;
+  /** Builds the runtime a daemon serves. */
+  create(ctx: RuntimeContext<S>, host: RuntimeHost): Promise<Runtime>;
+  /** `delete` after the daemon is gone: release what the bundle state names. Idempotent. */
+  cleanupBundle(sys: Sys, id: string, bundle: string, state: BundleState): Promise<{ pid: number }>;
+}

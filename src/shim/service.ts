@@ -14,7 +14,7 @@ import { toBinary } from "@bufbuild/protobuf";
 import type { ServiceImpl, TtrpcServer } from "../ttrpc/index.js";
 import { invalidArgument, failedPrecondition } from "./errors.js";
 import { decodeOptions } from "./options.js";
-import type { IoOwner, OciSpec, ProcessRef } from "./runtime.js";
+import type { OciSpec, ProcessRef } from "./runtime.js";
 import { exitedAtOrZero, type ProcessStatus, type TaskManager } from "./tasks.js";
 import type { Logger } from "./log.js";
 
@@ -86,16 +86,10 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
     async create(req) {
       if (!req.id) throw invalidArgument("create: missing container id");
       if (!req.bundle || !path.isAbsolute(req.bundle)) throw invalidArgument(`create: bundle must be an absolute path, got "${req.bundle}"`);
-      let runcOverrides = {};
-      let ioOwner: IoOwner | undefined;
       if (req.options?.typeUrl) {
         const opts = decodeOptions(req.options.typeUrl, req.options.value);
         if (opts.kind === "generic" && opts.configPath && o.configSource && opts.configPath !== o.configSource) {
           throw failedPrecondition(`container ${req.id} names config ${opts.configPath} but this shim runs with ${o.configSource}`);
-        }
-        if (opts.kind === "runc") {
-          runcOverrides = opts.runc;
-          if (opts.ioUid || opts.ioGid) ioOwner = { uid: opts.ioUid, gid: opts.ioGid };
         }
       }
       const spec = await readSpec(req.bundle);
@@ -110,8 +104,7 @@ export function registerTaskService(server: TtrpcServer, o: ServiceOptions) {
           stdio: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
           checkpoint: req.checkpoint,
           spec,
-          runcOverrides,
-          ioOwner,
+          ...(req.options?.typeUrl ? { options: { typeUrl: req.options.typeUrl, value: req.options.value } } : {}),
         }));
       } catch (err) {
         o.onBundleGone?.(req.id);

@@ -266,7 +266,7 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
     removeOwnDirs();
     adjustOomScore(process.pid, b.containerdPid);
     const o = b.handoff.options;
-    if (o.kind === "runc" && o.shimCgroup) joinCgroup(o.shimCgroup, process.pid);
+    if (o.kind === "runc" && o.runc.shimCgroup) joinCgroup(o.runc.shimCgroup, process.pid);
     await deps.becomeDaemon(b.flags, b.handoff);
   };
 

@@ -10,6 +10,12 @@ import { parse as parseToml } from "smol-toml";
 import { parseConfig } from "../../src/shim/config.js";
 import { installCommand, uninstallCommand } from "../../src/cli/install/command.js";
 import { NODE_LABEL } from "../../src/cli/install/node-label.js";
+import { registerModes } from "../../src/shim/modes.js";
+import { MODES } from "../../src/runtime/modes.js";
+import { settingsFor } from "../../src/shim/config.js";
+import type { VmConfig } from "../../src/runtime/vm/settings.js";
+import type { RuncSettings } from "../../src/runtime/runc/settings.js";
+registerModes(MODES);
 
 const HERE = new URL(".", import.meta.url).pathname;
 const REPO = HERE.includes("/dist/js/") ? HERE.slice(0, HERE.indexOf("/dist/js/")) : join(HERE, "..", "..");
@@ -304,10 +310,10 @@ test("the containerd snippet is TOML registering both handlers with their Cocoon
 test("the two Cocoon configs pass the shim's parseConfig", () => {
   const vm = parseConfig(readFileSync(join(DEPLOY, "config", "cocoon-vm.toml"), "utf8"), "cocoon-vm.toml");
   assert.equal(vm.mode, "vm");
-  assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinux");
-  assert.equal(vm.vm.initrd, "/usr/local/share/cocoon/initramfs-9p.cpio.zst");
-  assert.equal(vm.vm.rootfs, "/usr/local/share/cocoon/rootfs.erofs");
+  assert.equal(settingsFor<VmConfig>(vm, "vm").kernel, "/usr/local/share/cocoon/vmlinux");
+  assert.equal(settingsFor<VmConfig>(vm, "vm").initrd, "/usr/local/share/cocoon/initramfs-9p.cpio.zst");
+  assert.equal(settingsFor<VmConfig>(vm, "vm").rootfs, "/usr/local/share/cocoon/rootfs.erofs");
   const runc = parseConfig(readFileSync(join(DEPLOY, "config", "cocoon-runc.toml"), "utf8"), "cocoon-runc.toml");
   assert.equal(runc.mode, "runc");
-  assert.equal(runc.runc.binary, "runc");
+  assert.equal(settingsFor<RuncSettings>(runc, "runc").binary, "runc");
 });

@@ -89,13 +89,13 @@ const byName = (rs: CheckResult[], name: string) => {
   return r;
 };
 
-const NAMES = ["containerd", "cri handlers", "config cocoon", "config cocoon-runc", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
+const NAMES = ["containerd", "cri handlers", "config cocoon-runc", "config cocoon", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
 
 test("a healthy node passes every check", async () => {
   const rs = await runChecks({ env: envOf(healthyNode()), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
   assert.deepEqual(rs.map((r) => r.name), NAMES);
   assert.deepEqual(rs.filter((r) => r.level !== "ok").map((r) => `${r.name}: ${r.detail}`), []);
-  assert.match(byName(rs, "cri handlers").detail, /cocoon -> \/etc\/cocoon\/cocoon-vm.toml, cocoon-runc -> \/etc\/cocoon\/cocoon-runc.toml/);
+  assert.match(byName(rs, "cri handlers").detail, /cocoon-runc -> \/etc\/cocoon\/cocoon-runc.toml, cocoon -> \/etc\/cocoon\/cocoon-vm.toml/);
   assert.equal(byName(rs, "cgroups").detail, "cgroup v2 (unified)");
   assert.equal(checkExitCode(rs), 0);
 });
@@ -108,7 +108,7 @@ test("an untouched node fails the Cocoon-specific checks, each with a fix", asyn
   n.paths = n.paths.filter((p) => !p.includes("cocoon"));
   const rs = await runChecks({ env: envOf(n), kvmProbe: async () => ({ ok: true, detail: "booted" }) });
   const failed = rs.filter((r) => r.level === "fail");
-  assert.deepEqual(failed.map((r) => r.name), ["cri handlers", "config cocoon", "config cocoon-runc", "shim binary", "guest assets"]);
+  assert.deepEqual(failed.map((r) => r.name), ["cri handlers", "config cocoon-runc", "config cocoon", "shim binary", "guest assets"]);
   for (const r of failed) {
     assert.equal(r.ok, false);
     assert.match(r.fix, /cocoon install/);

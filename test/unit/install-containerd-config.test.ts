@@ -236,6 +236,6 @@ test("verifyWithContainerd accepts the merged config and reports a missing runti
   assert.equal(await verifyWithContainerd(layout, good, RT), undefined);
   const bad = join(dir, "bad.toml");
   writeFileSync(bad, FIXTURE);
-  assert.match((await verifyWithContainerd(layout, bad, RT)) ?? "", /does not see runtime "cocoon"/);
+  assert.match((await verifyWithContainerd(layout, bad, RT)) ?? "", /does not see runtime "cocoon(-runc)?"/);
   assert.ok(!existsSync(join(dir, "root")));
 });

@@ -10,6 +10,11 @@ import { parseConfig } from "../../src/shim/config.js";
 import { BACKUP_SUFFIX, install, uninstall, type InstallOptions } from "../../src/cli/install/install.js";
 import { ContainerdConfigError, END_MARKER } from "../../src/cli/install/containerd-config.js";
 import { PREFIX_MARKER, WRAPPER_MARKER, makeLayout, type InstallLayout } from "../../src/cli/install/layout.js";
+import { registerModes } from "../../src/shim/modes.js";
+import { MODES } from "../../src/runtime/modes.js";
+import { settingsFor } from "../../src/shim/config.js";
+import type { VmConfig } from "../../src/runtime/vm/settings.js";
+registerModes(MODES);
 
 const HERE = new URL(".", import.meta.url).pathname;
 const REPO = HERE.includes("/dist/js/") ? HERE.slice(0, HERE.indexOf("/dist/js/")) : join(HERE, "..", "..");
@@ -148,8 +153,8 @@ test("install puts every piece in place below the host root", async () => {
   const vm = parseConfig(readFileSync(at("etc/cocoon/cocoon-vm.toml"), "utf8"), "vm");
   assert.equal(vm.mode, "vm");
   // The initrd is named as the guest build's manifest says.
-  assert.equal(vm.vm.initrd, "/usr/local/share/cocoon/initramfs.cpio.zst");
-  assert.equal(vm.vm.kernel, "/usr/local/share/cocoon/vmlinux");
+  assert.equal(settingsFor<VmConfig>(vm, "vm").initrd, "/usr/local/share/cocoon/initramfs.cpio.zst");
+  assert.equal(settingsFor<VmConfig>(vm, "vm").kernel, "/usr/local/share/cocoon/vmlinux");
   assert.equal(parseConfig(readFileSync(at("etc/cocoon/cocoon-runc.toml"), "utf8"), "runc").mode, "runc");
   // containerd config: original kept as a backup with its mode, our block appended.
   const cfg = readFileSync(at("etc/containerd/config.toml"), "utf8");
@@ -220,8 +225,8 @@ test("a moved asset dir is written into the VM config", async () => {
   const layout = makeLayout({ hostRoot: host, assetDir: "/srv/cocoon-assets" });
   await install(options(layout));
   const cfg = parseConfig(readFileSync(join(host, "etc/cocoon/cocoon-vm.toml"), "utf8"), "vm");
-  assert.equal(cfg.vm.kernel, "/srv/cocoon-assets/vmlinux");
-  assert.equal(cfg.vm.initrd, "/srv/cocoon-assets/initramfs.cpio.zst");
+  assert.equal(settingsFor<VmConfig>(cfg, "vm").kernel, "/srv/cocoon-assets/vmlinux");
+  assert.equal(settingsFor<VmConfig>(cfg, "vm").initrd, "/srv/cocoon-assets/initramfs.cpio.zst");
   assert.ok(existsSync(join(host, "srv/cocoon-assets/vmlinuz")));
 });
 

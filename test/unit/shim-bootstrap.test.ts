@@ -13,6 +13,12 @@ import { parseConfig, defaultConfig } from "../../src/shim/config.js";
 import { OptionsSchema as RuncOptions } from "../../src/gen/containerd/runc/options/oci_pb.js";
 import { OptionsSchema as GenericOptions } from "../../src/gen/containerd/runtimeoptions/v1/api_pb.js";
 import { ShimError } from "../../src/shim/errors.js";
+import { registerModes } from "../../src/shim/modes.js";
+import { MODES } from "../../src/runtime/modes.js";
+import { settingsFor } from "../../src/shim/config.js";
+import type { VmConfig } from "../../src/runtime/vm/settings.js";
+import { containerSettings, type RuncSettings } from "../../src/runtime/runc/settings.js";
+registerModes(MODES);
 
 test("parses containerd 1.6 start and delete argv", () => {
   const f = parseShimFlags(["-namespace", "default", "-address", "/run/containerd/containerd.sock", "-publish-binary", "/usr/bin/containerd", "-id", "probe1", "start"]);
@@ -46,17 +52,18 @@ test("containers of one pod share a daemon; node grouping shares one per config"
   assert.notEqual(daemonSocket(flags, node, {}), daemonSocket(flags, { ...node, mode: "vm" }, {}));
 });
 
-test("runtime options: runc options override, generic options select the config file", () => {
-  const runc = toBinary(AnySchema, create(AnySchema, {
-    typeUrl: "containerd.runc.v1.Options",
-    value: toBinary(RuncOptions, create(RuncOptions, { binaryName: "crun", root: "/run/x", noNewKeyring: true })),
-  }));
+test("runtime options: runc options override runc mode's settings per container, generic options select the config file", () => {
+  const value = toBinary(RuncOptions, create(RuncOptions, { binaryName: "crun", root: "/run/x", noNewKeyring: true, ioUid: 1000, ioGid: 1001 }));
+  const runc = toBinary(AnySchema, create(AnySchema, { typeUrl: "containerd.runc.v1.Options", value }));
   const o = decodeOptionsAny(runc);
   assert.equal(o.kind, "runc");
-  const cfg = resolveConfig(o, {});
-  assert.equal(cfg.runc.binary, "crun");
-  assert.equal(cfg.runc.root, "/run/x");
-  assert.equal(cfg.runc.noNewKeyring, true);
+  // The config does not change: runc mode applies the options to each container it creates.
+  const base = settingsFor<RuncSettings>(resolveConfig(o, {}), "runc");
+  assert.equal(base.binary, "runc");
+  const { runc: s, ioOwner } = containerSettings(base, { typeUrl: "containerd.runc.v1.Options", value });
+  assert.deepEqual([s.binary, s.root, s.noNewKeyring, s.systemdCgroup], ["crun", "/run/x", true, false]);
+  assert.deepEqual(ioOwner, { uid: 1000, gid: 1001 });
+  assert.deepEqual(containerSettings(base, undefined), { runc: base });
   const generic = toBinary(AnySchema, create(AnySchema, {
     typeUrl: "runtimeoptions.v1.Options",
     value: toBinary(GenericOptions, create(GenericOptions, { configBody: new TextEncoder().encode('mode = "runc"\ngrouping = "node"\n') })),
@@ -73,8 +80,8 @@ test("runtime options: runc options override, generic options select the config 
 test("config: defaults, validation, unknown keys are errors", () => {
   const c = parseConfig('mode = "vm"\n[vm]\nvcpus = 2\nmemory_mib = 256\n', "t.toml");
   assert.equal(c.mode, "vm");
-  assert.equal(c.vm.vcpus, 2);
-  assert.equal(c.runc.binary, "runc");
+  assert.equal(settingsFor<VmConfig>(c, "vm").vcpus, 2);
+  assert.equal(settingsFor<RuncSettings>(c, "runc").binary, "runc");
   assert.throws(() => parseConfig('mode = "vmm"', "t.toml"), /mode must be one of/);
   assert.throws(() => parseConfig('mdoe = "vm"', "t.toml"), /unknown key "mdoe"/);
   assert.throws(() => parseConfig("[vm]\nvcpus = 0", "t.toml"), /vcpus/);
@@ -84,7 +91,7 @@ test("config: defaults, validation, unknown keys are errors", () => {
 test("config: vm.shared_fs is gone, but an old file's shared_fs = \"9p\" still loads", () => {
   const c = parseConfig('mode = "vm"\n[vm]\nshared_fs = "9p"\n', "old.toml");
   assert.equal(c.mode, "vm");
-  assert.ok(!("sharedFs" in c.vm));
+  assert.ok(!("sharedFs" in settingsFor<VmConfig>(c, "vm")));
   for (const v of ['"virtio-fs"', '"9P"', "9"]) {
     assert.throws(
       () => parseConfig(`[vm]\nshared_fs = ${v}\n`, "t.toml"),

@@ -11,7 +11,9 @@ const root = mkdtempSync(path.join(os.tmpdir(), "cocoon-statefs-unit-"));
 process.env["COCOON_RUN_DIR"] = path.join(root, "run");
 const { assertPrivateDir, createStateFile, ensurePrivateDir, readStateFile, writeStateFile } = await import("../../src/shim/statefs.js");
 const { claimRunDir, runDirName } = await import("../../src/runtime/vm/rundir.js");
-const { parseConfig } = await import("../../src/shim/config.js");
+const { parseConfig, settingsFor } = await import("../../src/shim/config.js");
+const { registerModes } = await import("../../src/shim/modes.js");
+registerModes((await import("../../src/runtime/modes.js")).MODES);
 const { FakeSys } = await import("../../src/sys/fake.js");
 const { ShimError } = await import("../../src/shim/errors.js");
 process.on("exit", () => rmSync(root, { recursive: true, force: true }));
@@ -97,5 +99,5 @@ test("config: numbers that make no sense and TOML syntax errors are named", () =
   bad("[vm]\nmemory_mib = 12.5\n", /vm\.memory_mib/);
   bad("[vm]\nstate_dir = \"run/vm\"\n", /vm\.state_dir must be an absolute path/);
   bad("mode = \"vm\"\n[vm]\nvcpus = = 2\n", /c\.toml:3:\d+: .*\(line 3, column \d+\)/);
-  assert.equal(parseConfig("[vm]\ntcg_cache_mib = 0\nboot_timeout_sec = 0.5\n", "c.toml").vm.tcgCacheMiB, 0);
+  assert.equal((settingsFor(parseConfig("[vm]\ntcg_cache_mib = 0\nboot_timeout_sec = 0.5\n", "c.toml"), "vm") as { tcgCacheMiB: number }).tcgCacheMiB, 0);
 });

@@ -36,7 +36,7 @@ class FakeRuntime implements Partial<Runtime> {
 }
 
 const req = (id: string): CreateRequest => ({
-  id, namespace: "default", bundle: `/b/${id}`, rootfs: [], checkpoint: "", spec: {}, runcOverrides: {},
+  id, namespace: "default", bundle: `/b/${id}`, rootfs: [], checkpoint: "", spec: {},
   stdio: { stdin: "", stdout: "", stderr: "", terminal: false },
 });
 const code = (kind: string) => (e: unknown) => e instanceof ShimError && e.kind === kind;

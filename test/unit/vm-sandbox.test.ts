@@ -9,6 +9,8 @@ import os from "node:os";
 import path from "node:path";
 import { FakeSys } from "../../src/sys/fake.js";
 import { defaultConfig, type CocoonConfig } from "../../src/shim/config.js";
+import { vmMode } from "../../src/runtime/vm/mode.js";
+import type { VmConfig } from "../../src/runtime/vm/settings.js";
 import { Logger, type Level } from "../../src/shim/log.js";
 import { ShimError } from "../../src/shim/errors.js";
 import type { CreateRequest, ExitInfo, ProcessRef, RuntimeContext } from "../../src/shim/runtime.js";
@@ -74,6 +76,7 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
   let tmp: string;
   let stateDir: string;
   let config: CocoonConfig;
+  let vm: VmConfig;
   let lines: Line[];
   let exits: Array<{ ref: ProcessRef; pid: number; exit: ExitInfo }>;
   let ooms: string[];
@@ -88,8 +91,8 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
     stateDir = path.join(tmp, "state");
     writeFileSync(path.join(tmp, "vmlinuz"), "k");
     writeFileSync(path.join(tmp, "initrd"), "i");
-    config = defaultConfig();
-    config.vm = { ...config.vm, kernel: path.join(tmp, "vmlinuz"), initrd: path.join(tmp, "initrd"), rootfs: "", accel: "tcg", template: false, bootTimeoutSec: 5, stateDir };
+    config = defaultConfig([vmMode]);
+    vm = config.settings["vm"] = { ...(config.settings["vm"] as VmConfig), kernel: path.join(tmp, "vmlinuz"), initrd: path.join(tmp, "initrd"), rootfs: "", accel: "tcg" as const, template: false, bootTimeoutSec: 5, stateDir };
     lines = [];
     exits = [];
     ooms = [];
@@ -98,8 +101,9 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
     prepareAgent = () => {};
     const fc = fakeConnector((a) => prepareAgent(a));
     agents = fc.agents;
-    const ctx: RuntimeContext = {
+    const ctx: RuntimeContext<VmConfig> = {
       config,
+      settings: vm,
       log: new RecordingLogger(lines),
       events: { exited: (ref, pid, exit) => exits.push({ ref, pid, exit }), oom: (id) => ooms.push(id) },
     };
@@ -115,7 +119,7 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
     mkdirSync(path.join(bundle, "rootfs"), { recursive: true });
     const isSandbox = id === sandboxId;
     return {
-      id, namespace: "k8s.io", bundle, rootfs: [], checkpoint: "", runcOverrides: {},
+      id, namespace: "k8s.io", bundle, rootfs: [], checkpoint: "",
       stdio: { stdin: "", stdout: "", stderr: "", terminal: false },
       spec: {
         root: { path: "rootfs" },
@@ -262,8 +266,8 @@ describe("vm sandbox lifecycle (fake hypervisor and agent)", () => {
   it("a template that fails to restore is dropped and the pod boots instead", async () => {
     const image = path.join(tmp, "rootfs.erofs");
     writeFileSync(image, "image");
-    Object.assign(config.vm, { rootfs: image, template: true });
-    const cfg = config.vm;
+    Object.assign(vm, { rootfs: image, template: true });
+    const cfg = vm;
     const key = templateKey({ qemu: cfg.qemu, kernel: cfg.kernel, initrd: cfg.initrd, root: { kind: "image", path: image, bytes: 5 }, memoryMiB: cfg.memoryMiB, vcpus: cfg.vcpus, accel: "tcg", tcgCacheMiB: cfg.tcgCacheMiB, kernelParams: cfg.kernelParams });
     const tplDir = path.join(stateDir, "templates", key);
     mkdirSync(tplDir, { recursive: true });

@@ -6,6 +6,7 @@
 // new `runtimes.<name>` tables to the main file keeps everything else, and removing the block restores the
 // original bytes exactly.
 import { parse as parseToml } from "smol-toml";
+import { MODES } from "../../runtime/modes.js";
 
 export const BEGIN_MARKER = "# BEGIN cocoon (managed by cocoon install; do not edit)";
 export const END_MARKER = "# END cocoon";
@@ -25,13 +26,10 @@ export interface RuntimeEntry {
   privilegedWithoutHostDevices: boolean;
 }
 
-/** The two handlers Cocoon registers: `cocoon` (VM per pod) and `cocoon-runc` (runc mode). */
+/** One handler per registered mode (src/runtime/modes.ts): `cocoon` (VM per pod), `cocoon-runc`, ... */
 export function cocoonRuntimes(configDir = "/etc/cocoon"): RuntimeEntry[] {
   const dir = configDir.replace(/\/+$/, "");
-  return [
-    { name: "cocoon", configPath: `${dir}/cocoon-vm.toml`, podAnnotations: ["io.cocoon.*"], privilegedWithoutHostDevices: true },
-    { name: "cocoon-runc", configPath: `${dir}/cocoon-runc.toml`, podAnnotations: ["io.cocoon.*"], privilegedWithoutHostDevices: false },
-  ];
+  return MODES.map((m) => ({ name: m.handler, configPath: `${dir}/${m.configFile}`, podAnnotations: ["io.cocoon.*"], privilegedWithoutHostDevices: m.privilegedWithoutHostDevices }));
 }
 
 export class ContainerdConfigError extends Error {

@@ -20,14 +20,16 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { parse as parseToml } from "smol-toml";
-import { DEFAULT_ASSET_DIR, parseConfig } from "../../shim/config.js";
+import { parseConfig } from "../../shim/config.js";
+import { DEFAULT_ASSET_DIR } from "../../runtime/vm/settings.js";
+import { MODES } from "../../runtime/modes.js";
 import { ContainerdConfigError, cocoonRuntimes, criRuntimes, mergeContainerdConfig, unmergeContainerdConfig, type RuntimeEntry } from "./containerd-config.js";
 import { onNode, restartContainerd, runCommand, type RestartOutcome, type Runner } from "./host.js";
 import { PREFIX_MARKER, WRAPPER_MARKER, onHost, type InstallLayout } from "./layout.js";
 import { inClusterAccess, setNodeLabel, type ClusterAccess } from "./node-label.js";
 
 export const BACKUP_SUFFIX = ".cocoon-backup";
-const CONFIG_FILES = ["cocoon-vm.toml", "cocoon-runc.toml"] as const;
+const CONFIG_FILES = MODES.map((m) => m.configFile);
 /**
  * guest/out entries the VM runtime uses: kernels, initramfs images (whatever their compression), the build
  * manifest, and the guest root: the EROFS image (virtio-pmem) and the directory of the 9p variant.
@@ -330,7 +332,7 @@ export async function install(o: InstallOptions): Promise<Report> {
   ops.mkdir(h(l.configDir));
   for (const c of CONFIG_FILES) {
     const want = shippedConfig(src, c, l.assetDir);
-    parseConfig(want, c); // never install a config the shim would reject
+    parseConfig(want, c, MODES); // never install a config the shim would reject
     const p = join(h(l.configDir), c);
     const have = readIfExists(p);
     if (have === want) continue;

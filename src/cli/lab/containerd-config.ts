@@ -53,8 +53,8 @@ function runtimeTable(r: CriRuntimeEntry): TomlTable {
 }
 
 /** A Cocoon handler entry, as `cocoon install` registers it but with its own config file. */
-export function cocoonRuntime(configPath: string, vm = false): CriRuntimeEntry {
-  return { runtimeType: RUNTIME_TYPE, podAnnotations: ["io.cocoon.*"], privilegedWithoutHostDevices: vm, options: { ConfigPath: configPath } };
+export function cocoonRuntime(configPath: string, privilegedWithoutHostDevices = false): CriRuntimeEntry {
+  return { runtimeType: RUNTIME_TYPE, podAnnotations: ["io.cocoon.*"], privilegedWithoutHostDevices, options: { ConfigPath: configPath } };
 }
 
 /** containerd config (version 2) as a TOML table. */

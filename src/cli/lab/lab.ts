@@ -11,7 +11,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseToml, stringify as stringifyToml } from "smol-toml";
 import { socketPath } from "../../shim/address.js";
-import { DEFAULT_ASSET_DIR, parseConfig } from "../../shim/config.js";
+import { parseConfig } from "../../shim/config.js";
+import { DEFAULT_ASSET_DIR } from "../../runtime/vm/settings.js";
+import { MODES } from "../../runtime/modes.js";
 import { CriClient } from "../cri/client.js";
 import { runCommand, type CommandResult } from "../install/host.js";
 import { shippedConfig } from "../install/install.js";
@@ -28,12 +30,17 @@ export const LAB_DIR_PREFIX = "cocoon-demo-";
 /** Where every shim puts its socket, whatever containerd's state dir is. */
 const SHIM_SOCKET_DIR = "/run/containerd/s";
 
-/** The two handlers, as `cocoon install` names them, and the shipped config each one uses. */
-export const HANDLERS = {
-  cocoon: { mode: "vm", file: "cocoon-vm.toml" },
-  "cocoon-runc": { mode: "runc", file: "cocoon-runc.toml" },
-} as const;
-export type HandlerName = keyof typeof HANDLERS;
+/** The handlers, as `cocoon install` names them: one per registered mode, with its shipped config. */
+export const HANDLERS: Readonly<Record<string, { mode: string; file: string; stateKeys: readonly string[] }>> = Object.fromEntries(
+  MODES.map((m) => [m.handler, { mode: m.name, file: m.configFile, stateKeys: m.stateKeys }]),
+);
+export type HandlerName = string;
+
+/** Where a handler's mode keeps host state (its `stateKeys`) inside a private instance. */
+const privateStatePath = (dir: string, handler: string, key: string) => {
+  const h = HANDLERS[handler]!;
+  return join(dir, "cocoon", h.stateKeys.length === 1 ? `${handler}-${h.mode}-state` : `${handler}-${h.mode}-${key}`);
+};
 
 export interface LabOptions {
   /** The Cocoon checkout or package: `bin/containerd-shim-cocoon-v2` and `deploy/config/`. */
@@ -87,16 +94,15 @@ export function guestAssetDir(sourceRoot: string): string {
  * state inside this private instance, after checking that the shim will accept it.
  */
 function writeCocoonConfig(sourceRoot: string, dir: string, handler: HandlerName, debug: boolean): string {
-  const name = HANDLERS[handler].file;
+  const name = HANDLERS[handler]!.file;
   const doc = parseToml(shippedConfig(sourceRoot, name, guestAssetDir(sourceRoot))) as Record<string, unknown>;
   const section = (key: string) => (doc[key] ??= {}) as Record<string, unknown>;
   // The OCI runtime's and the VMs' state must not mix with a node install's /run/containerd/cocoon.
-  if (HANDLERS[handler].mode === "runc") section("runc")["root"] = join(dir, "cocoon", `${handler}-runc-state`);
-  else section("vm")["state_dir"] = join(dir, "cocoon", `${handler}-vm-state`);
+  for (const key of HANDLERS[handler]!.stateKeys) section(HANDLERS[handler]!.mode)[key] = privateStatePath(dir, handler, key);
   if (debug) doc["log_level"] = "debug";
   const file = join(dir, "cocoon", `${handler}.toml`);
   const text = `# deploy/config/${name} of ${sourceRoot}, with state paths inside this private instance.\n` + stringifyToml(doc) + "\n";
-  parseConfig(text, file);
+  parseConfig(text, file, MODES);
   writeFileSync(file, text);
   return file;
 }
@@ -167,9 +173,9 @@ async function removeInstance(dir: string, network: CniNetwork | undefined, shim
     stray = processesUsing(dir);
   }
   // Containers whose shim died keep running in the OCI runtime's state.
-  for (const h of Object.keys(HANDLERS) as HandlerName[]) {
-    if (HANDLERS[h].mode !== "runc") continue;
-    const root = join(dir, "cocoon", `${h}-runc-state`);
+  for (const h of Object.keys(HANDLERS)) {
+    if (HANDLERS[h]!.mode !== "runc") continue;
+    const root = privateStatePath(dir, h, "root");
     for (const ns of listDir(root)) {
       for (const id of listDir(join(root, ns))) {
         forced.push(`runc container ${ns}/${id}`);
@@ -334,10 +340,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
   process.once("exit", killOnExit);
 
   try {
-    const configs = {
-      "cocoon-runc": writeCocoonConfig(o.sourceRoot, dir, "cocoon-runc", !!o.debug),
-      cocoon: writeCocoonConfig(o.sourceRoot, dir, "cocoon", !!o.debug),
-    };
+    const configs = Object.fromEntries(Object.keys(HANDLERS).map((h) => [h, writeCocoonConfig(o.sourceRoot, dir, h, !!o.debug)]));
     network = await planCniNetwork({ confDir: join(dir, "cni", "conf"), ipamDir: join(dir, "cni", "ipam") });
     writeCniConfig(network);
     const cfg = privateContainerdConfig(paths, {
@@ -347,7 +350,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
         cniBinDir: network.binDir,
         cniConfDir: network.confDir,
         defaultRuntime: defaultHandler,
-        runtimes: { cocoon: cocoonRuntime(configs.cocoon, true), "cocoon-runc": cocoonRuntime(configs["cocoon-runc"]) },
+        runtimes: Object.fromEntries(MODES.map((m) => [m.handler, cocoonRuntime(configs[m.handler]!, m.privilegedWithoutHostDevices)])),
       },
     });
     const configPath = join(dir, "containerd.toml");

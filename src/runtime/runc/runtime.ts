@@ -18,6 +18,7 @@ import { STATE_FILE, writeBundleState } from "../../shim/delete.js";
 import { runSubdir } from "../../shim/fast-start.js";
 import { OciCli, resolveBinary } from "./cli.js";
 import { RUNC_FLAVOR, type FlavorContainer, type OciFlavor } from "./flavor.js";
+import { containerSettings, type RuncSettings } from "./settings.js";
 
 interface ExecProc {
   io: ProcessIO;
@@ -62,7 +63,7 @@ export class RuncRuntime implements Runtime {
   private containers = new Map<string, ContainerRec>();
 
   constructor(
-    private readonly ctx: RuntimeContext,
+    private readonly ctx: RuntimeContext<RuncSettings>,
     private readonly sys: Sys,
     private readonly reaper: Reaper,
     private readonly flavor: OciFlavor = RUNC_FLAVOR,
@@ -81,7 +82,7 @@ export class RuncRuntime implements Runtime {
   }
 
   async create(req: CreateRequest): Promise<{ pid: number }> {
-    const runc = { ...this.ctx.config.runc, ...req.runcOverrides };
+    const { runc, ioOwner } = containerSettings(this.ctx.settings, req.options);
     const cli = new OciCli({
       binary: runc.binary,
       root: path.join(runc.root, req.namespace),
@@ -101,7 +102,7 @@ export class RuncRuntime implements Runtime {
       } else if (!existsSync(rootfs) || readdirSync(rootfs).length === 0) {
         throw invalidArgument(`bundle ${req.bundle} has no rootfs: no mounts were given and ${rootfs} is missing or empty`);
       }
-      const io = await ProcessIO.open(req.stdio, { id: req.id, namespace: req.namespace, sys: this.sys, owner: req.ioOwner });
+      const io = await ProcessIO.open(req.stdio, { id: req.id, namespace: req.namespace, sys: this.sys, owner: ioOwner });
       cleanups.push(() => io.close());
       let receiver: FdReceiver | undefined;
       const args = ["--bundle", req.bundle, "--pid-file", path.join(req.bundle, "init.pid")];
@@ -129,7 +130,7 @@ export class RuncRuntime implements Runtime {
       const cgroup = new CgroupPaths(cgroupRelPath(req.spec.linux?.cgroupsPath, req.id));
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
-        cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner: req.ioOwner,
+        cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner,
         view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, binary: cli.binaryPath, root: path.join(runc.root, req.namespace) }, stdioAtStart, stopFollowing: () => {},
       };
       const onOom = () => this.ctx.events.oom(req.id);

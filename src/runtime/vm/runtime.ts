@@ -14,6 +14,7 @@ import { refuseHostOnly } from "./refusals.js";
 import { hostNetworking, type PodNetworking } from "./resources.js";
 import { podSizing, Sandbox, type SandboxDeps, type SandboxHooks } from "./sandbox.js";
 import { TemplateStore } from "./template.js";
+import type { VmConfig } from "./settings.js";
 
 export { podSizing, guestRoot } from "./sandbox.js";
 export type { VmBundleState } from "./containers.js";
@@ -34,7 +35,7 @@ export class VmRuntime implements Runtime {
   private readonly hooks: SandboxHooks;
 
   constructor(
-    private readonly ctx: RuntimeContext,
+    private readonly ctx: RuntimeContext<VmConfig>,
     sys: Sys,
     hypervisor: Hypervisor,
     stateDir: string,
@@ -42,10 +43,10 @@ export class VmRuntime implements Runtime {
   ) {
     this.containers = new VmContainers(ctx, sys);
     this.deps = {
-      config: ctx.config.vm, sys, hypervisor, stateDir, log: ctx.log,
+      config: ctx.settings, sys, hypervisor, stateDir, log: ctx.log,
       connect: opts.connect ?? connectQemuAgent,
       networking: opts.networking ?? hostNetworking,
-      templates: new TemplateStore(path.join(stateDir, "templates"), ctx.config.vm.templateMax),
+      templates: new TemplateStore(path.join(stateDir, "templates"), ctx.settings.templateMax),
     };
     this.hooks = {
       died: (sb) => this.containers.podDied(sb),
@@ -69,7 +70,7 @@ export class VmRuntime implements Runtime {
     let booted = false;
     if (!sb) {
       if (!isSandbox) throw failedPrecondition(`pod sandbox ${sandboxId} of container ${req.id} is not running in this shim`);
-      const cfg = this.ctx.config.vm;
+      const cfg = this.ctx.settings;
       sb = await Sandbox.boot(this.deps, {
         namespace: req.namespace, id: sandboxId, netnsPath: netNs?.path ?? "", hostname: String(req.spec["hostname"] ?? ""),
         size: podSizing(ann, cfg.vcpus, cfg.memoryMiB),

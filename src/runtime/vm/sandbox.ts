@@ -6,7 +6,7 @@
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
 import { failedPrecondition, internal, ShimError } from "../../shim/errors.js";
-import type { VmConfig } from "../../shim/config.js";
+import type { VmConfig } from "./settings.js";
 import type { Logger } from "../../shim/log.js";
 import type { Sys } from "../../sys/types.js";
 import type { AgentApi, AgentLink, ConnectAgent } from "./agent.js";
