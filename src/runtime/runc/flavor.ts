@@ -28,10 +28,14 @@ export interface OciFlavor {
    */
   stdioAtStart(spec: OciSpec): boolean;
   /**
-   * Follows the init's exit from `start` on, when the pid file names no process of the container's
-   * own (runsc: the sandbox's). Without it the init pid is reaped. Returns how to stop following.
+   * Follows the init's exit from `start` on for containers whose pid file names no process of their
+   * own (runsc: a container joining a sandbox gets the sandbox's pid). Other inits are reaped by pid.
    */
-  followInit?(c: FlavorContainer, onExit: (e: Exit) => void): () => void;
+  followInit?: {
+    applies(spec: OciSpec): boolean;
+    /** Returns how to stop following. */
+    follow(c: FlavorContainer, onExit: (e: Exit) => void): () => void;
+  };
   /**
    * Whether exec processes are signalled through the runtime (`kill --pid <pid in the container>`)
    * because the host pid it reports is only a process waiting for the real one.

@@ -47,6 +47,8 @@ interface ContainerRec {
   view: FlavorContainer;
   /** The init's stdio goes to `start`, not `create` (flavor.stdioAtStart). */
   stdioAtStart: boolean;
+  /** The init's exit comes from flavor.followInit, not from reaping initPid. */
+  followed: boolean;
   stopFollowing: () => void;
 }
 
@@ -131,14 +133,15 @@ export class RuncRuntime implements Runtime {
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
         cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner,
-        view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, binary: cli.binaryPath, root: path.join(runc.root, req.namespace) }, stdioAtStart, stopFollowing: () => {},
+        view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, binary: cli.binaryPath, root: path.join(runc.root, req.namespace) }, stdioAtStart,
+        followed: this.flavor.followInit?.applies(req.spec) ?? false, stopFollowing: () => {},
       };
       const onOom = () => this.ctx.events.oom(req.id);
       rec.stopOom = this.flavor.watchOom ? this.flavor.watchOom(rec.view, onOom) : cgroup.watchOom(this.sys, onOom);
       const state: RuncBundleState = { mode: this.flavor.stateMode, binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
       writeBundleState(req.bundle, state);
       this.containers.set(req.id, rec);
-      if (!this.flavor.followInit) this.reaper.watch(pid, (e) => this.initExited(rec, e));
+      if (!rec.followed) this.reaper.watch(pid, (e) => this.initExited(rec, e));
       return { pid };
     } catch (err) {
       for (const undo of cleanups.reverse()) {
@@ -170,7 +173,7 @@ export class RuncRuntime implements Runtime {
       } else {
         await c.cli.run("start", [c.id]);
       }
-      if (this.flavor.followInit) c.stopFollowing = this.flavor.followInit(c.view, (e) => this.initExited(c, e));
+      if (c.followed) c.stopFollowing = this.flavor.followInit!.follow(c.view, (e) => this.initExited(c, e));
       return { pid: c.initPid };
     }
     const e = this.execRec(c, ref.execId);
@@ -271,7 +274,7 @@ export class RuncRuntime implements Runtime {
   private release(c: ContainerRec) {
     c.stopOom();
     c.stopFollowing();
-    if (!this.flavor.followInit) this.reaper.unwatch(c.initPid);
+    if (!c.followed) this.reaper.unwatch(c.initPid);
     for (const e of c.execs.values()) e.io.close();
     c.io.close();
     if (c.mounted) unmountAll(this.sys, c.rootfs);
