@@ -12,7 +12,7 @@ import { readContainerLog, removePod, startPod, waitForExit, type RunningPod } f
 import { ContainerState } from "../../src/gen/cri/runtime/v1/api_pb.js";
 import type { Containerd } from "../helpers/containerd.js";
 import { startCriLab, stopCriLab } from "../helpers/cri.js";
-import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
+import { BUSYBOX_IMAGE } from "../helpers/image.js";
 import { snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { cocoonShims, listProcesses } from "../helpers/procfs.js";
 import { waitFor } from "../helpers/util.js";
@@ -80,7 +80,7 @@ describe("CRI: pods on the cocoon-gvisor handler", { timeout: 240_000 }, () => {
       // Every container of the pod is in the same gVisor kernel: one boot, one hostname, one network.
       const r = await exec(talker!.id, ["sh", "-c", "echo out; echo err >&2; exit 3"]);
       assert.deepEqual(r, { stdout: "out\n", stderr: "err\n", exitCode: 3 });
-      assert.match((await exec(burner!.id, ["dmesg"])).stdout, /Starting gVisor/);
+      assert.match((await exec(burner!.id, ["sh", "-c", "dmesg | head -1"])).stdout, /Starting gVisor/);
       assert.equal((await exec(talker!.id, ["hostname"])).stdout, `${pod.name}\n`);
       const addrs = (await exec(burner!.id, ["ip", "-o", "-4", "addr"])).stdout;
       assert.ok(addrs.includes(` ${pod.ip}/`), `pod IP ${pod.ip} on an interface in the sandbox: ${addrs}`);
@@ -88,6 +88,7 @@ describe("CRI: pods on the cocoon-gvisor handler", { timeout: 240_000 }, () => {
       const { stats } = await cri.containerStats({ containerId: burner!.id });
       assert.ok((stats?.cpu?.usageCoreNanoSeconds?.value ?? 0n) > 0n, `CPU usage ${stats?.cpu?.usageCoreNanoSeconds?.value}`);
       assert.ok((stats?.memory?.workingSetBytes?.value ?? 0n) > 0n, `working set ${stats?.memory?.workingSetBytes?.value}`);
+      await assert.rejects(cri.updateContainerResources({ containerId: talker!.id, linux: { memoryLimitInBytes: 100n << 20n } }), /runsc has no `update`/);
     } finally {
       await removePod(cri, pod.id);
     }
@@ -95,19 +96,21 @@ describe("CRI: pods on the cocoon-gvisor handler", { timeout: 240_000 }, () => {
     assert.deepEqual(cocoonShims(ctrd.address, "daemon"), []);
   });
 
-  it("connects gVisor pods over the CNI bridge", async () => {
-    const server = await runPod("web", [{ name: "httpd", script: "exec httpd -f -p 8080 -h /var/www" }]);
+  it("connects gVisor pods over the CNI bridge (TCP from one pod's IP to another's)", async () => {
+    // busybox httpd's replies do not arrive through runsc 20221219's host network here (the client's
+    // read fails with EAGAIN; README, gVisor mode limits), so the server is nc.
+    const server = await runPod("srv", [{ name: "nc", script: "while true; do echo pong | nc -l -p 9000; done" }]);
     const client = await runPod("client", [{ name: "shell", script: "exec sleep 600" }]);
     try {
       assert.equal(sandboxes().length, 2, "one sandbox per pod");
-      const page = await waitFor(
+      const reply = await waitFor(
         async () => {
-          const r = await exec(client.containers[0]!.id, ["timeout", "3", "wget", "-qO-", `http://${server.ip}:8080/`]);
-          return r.exitCode === 0 ? r.stdout : undefined;
+          const r = await exec(client.containers[0]!.id, ["sh", "-c", `echo ping | timeout 3 nc ${server.ip} 9000`]);
+          return r.exitCode === 0 && r.stdout ? r.stdout : undefined;
         },
-        { timeoutMs: 30_000, intervalMs: 300, what: `httpd on ${server.ip}:8080` },
+        { timeoutMs: 30_000, intervalMs: 300, what: `nc on ${server.ip}:9000` },
       );
-      assert.equal(page, INDEX_HTML);
+      assert.equal(reply, "pong\n");
     } finally {
       await removePod(cri, client.id);
       await removePod(cri, server.id);

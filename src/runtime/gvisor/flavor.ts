@@ -4,8 +4,9 @@
 // `create` starts the sandbox process, which takes that `create`'s stdio; every other container of
 // the pod names the sandbox id and joins it, and its process (and its gofer) only come to be on
 // `start`, which hands its own stdio in. Without the annotations (ctr) each container is a sandbox.
-// Every pid file runsc writes on create names the sandbox process, so a container's exit comes from
-// `runsc wait`, started once the container runs (it cannot report an exit it did not wait for). An
+// Every pid file runsc writes on create names the sandbox process, which exits with the status of the
+// container that made it; a container that joined it reports its exit through `runsc wait` (started
+// when it starts: runsc keeps a joined container's status, but not a gone sandbox's). An
 // exec's pid file names a host `runsc-exec` process that waits for the real one and exits with its
 // status; signals go through `runsc kill --pid` with the pid inside the sandbox.
 import { readFileSync } from "node:fs";
@@ -64,7 +65,8 @@ export function gvisorFlavor(d: GvisorFlavorDeps): OciFlavor {
     globalArgs: d.globalArgs,
     stdioAtStart: joinsSandbox,
     execKillThroughRuntime: true,
-    followInit: (c, onExit) => followWithWait(c, d, onExit),
+    // A sandbox's own container: the sandbox process (reaped, as runc's init) exits with its status.
+    followInit: { applies: joinsSandbox, follow: (c, onExit) => followWithWait(c, d, onExit) },
     async stats(c) {
       return metricsFromRunscStats(parseRunscStats(await cli(c).run("events", ["--stats", c.id])));
     },
