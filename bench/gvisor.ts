@@ -4,7 +4,7 @@
 // runc's pause and container; the runsc sandbox and gofers; QEMU).
 import { listProcesses, withDescendants, type ProcInfo } from "../test/helpers/procfs.js";
 import { sleep } from "../test/helpers/util.js";
-import { findShims, readMemory } from "./procmem.js";
+import { findShims, readMemory, type ShimProcess } from "./procmem.js";
 import { round1, summarize } from "./stats.js";
 import { onePodStart, removeAndSettle, startTimedPod, type PodStartSample } from "./vm.js";
 import { GVISOR_HANDLER, RUNC_HANDLER, VM_HANDLER, type VmRig } from "./vmrig.js";
@@ -32,11 +32,31 @@ export interface GvisorResult {
 
 const isShim = (p: ProcInfo) => /containerd-shim/.test(p.args.join(" "));
 
-function podMemory(address: string, podIds: string[]): { pss: number; uss: number; processes: string[] } {
+/**
+ * The shim daemon serving a pod: the one named after its sandbox id, else (a spare daemon that took the
+ * pod keeps its own arguments) the nearest shim above the pid containerd lists for the sandbox task.
+ */
+function shimOf(id: string, taskPid: number | undefined, shims: ShimProcess[], all: ProcInfo[]): ShimProcess | undefined {
+  const named = shims.find((s) => s.args.includes(id));
+  if (named || !taskPid) return named;
+  const byPid = new Map(all.map((p) => [p.pid, p]));
+  for (let p = byPid.get(taskPid); p; p = byPid.get(p.ppid)) {
+    const s = shims.find((x) => x.pid === p!.pid);
+    if (s) return s;
+  }
+  return undefined;
+}
+
+async function podMemory(rig: VmRig, podIds: string[]): Promise<{ pss: number; uss: number; processes: string[] }> {
+  const tasks = new Map<string, number>();
+  for (const line of (await rig.ctrd.ctr(["task", "ls"], { namespace: "k8s.io" })).stdout.split("\n").slice(1)) {
+    const [id, pid] = line.trim().split(/\s+/);
+    if (id && pid) tasks.set(id, Number(pid));
+  }
   const all = listProcesses();
-  const shims = findShims(address, all);
+  const shims = findShims(rig.ctrd.address, all, { spares: true });
   const podsPerShim = new Map<number, number>();
-  const units = podIds.map((id) => shims.find((s) => s.args.includes(id)));
+  const units = podIds.map((id) => shimOf(id, tasks.get(id), shims, all));
   for (const u of units) if (u) podsPerShim.set(u.pid, (podsPerShim.get(u.pid) ?? 0) + 1);
   let pss = 0;
   let uss = 0;
@@ -66,7 +86,7 @@ async function handlerMemory(rig: VmRig, handler: string, pods: number, progress
     for (let i = 0; i < pods; i++) ids.push((await startTimedPod(rig, handler, "gvmem")).podId);
     progress(`gvisor memory: ${pods} ${handler} pods running; ${GVISOR_SETTLE_SEC} s to settle`);
     await sleep(GVISOR_SETTLE_SEC * 1000);
-    return { handler, pods: ids.length, ...podMemory(rig.ctrd.address, ids) };
+    return { handler, pods: ids.length, ...(await podMemory(rig, ids)) };
   } finally {
     for (const id of ids) await removeAndSettle(rig, id).catch(() => {});
   }
