@@ -1,6 +1,6 @@
 // The bench's command line: a handful of flags, parsed by hand to stay dependency-free.
 
-export type Section = "latency" | "bootstrap" | "memory" | "vm";
+export type Section = "latency" | "bootstrap" | "memory" | "vm" | "gvisor";
 
 export interface Variant {
   /** Lower-case letters and digits: it becomes part of a runtime name, io.containerd.cocoon<name>.v2. */
@@ -58,10 +58,12 @@ export const USAGE = `usage: npm run bench -- [options]
   --vm-tcg-cache MIB   vm.tcg_cache_mib for the VM pods (TCG's translation cache; default: the config's)
   --vm-ksm             read VM memory with the host's KSM on (turned on for the test, then restored;
                        guests get kernel_params "nokaslr" unless --vm-kernel-params says otherwise)
-  --only latency|bootstrap|memory|vm
+  --only latency|bootstrap|memory|vm|gvisor
                        latency = container starts plus the bare 'start' breakdown;
                        bootstrap = only the bare 'start' breakdown (no containers);
-                       vm = VM pods through the CRI (needs guest/out, from guest/build.sh)
+                       vm = VM pods through the CRI (needs guest/out, from guest/build.sh);
+                       gvisor = gVisor pods through the CRI next to runc-v2 and VM pods (start
+                       latency, memory per pod; --vm-runs and --vm-pods set the counts)
   --variant NAME=FLAGS extra Cocoon row whose launcher runs 'node FLAGS' (repeatable); VAR=value
                        words set the environment, e.g.
                        --variant jitless='--max-semi-space-size=1 --jitless --no-expose-wasm'
@@ -81,7 +83,7 @@ function int(v: string | undefined, flag: string, min: number): number {
 export function parseArgs(argv: readonly string[]): BenchOptions {
   const o: BenchOptions = {
     runs: 20, warmup: 2, bootstrapRuns: 15, pods: 10, perPod: 3, settleSec: 2,
-    sections: ["latency", "bootstrap", "memory", "vm"], vmRuns: 5, vmPods: 3, vmAccel: "auto", vmGrouping: "pod", vmKernelParams: "", vmKsm: false, vmTcgCacheMiB: undefined,
+    sections: ["latency", "bootstrap", "memory", "vm", "gvisor"], vmRuns: 5, vmPods: 3, vmAccel: "auto", vmGrouping: "pod", vmKernelParams: "", vmKsm: false, vmTcgCacheMiB: undefined,
     variants: [], outDir: undefined,
   };
   let kernelParamsGiven = false;
@@ -117,7 +119,7 @@ export function parseArgs(argv: readonly string[]): BenchOptions {
       case "--out": o.outDir = value(); break;
       case "--only": {
         const v = value();
-        if (v !== "latency" && v !== "memory" && v !== "bootstrap" && v !== "vm") throw new UsageError("--only takes latency, bootstrap, memory or vm");
+        if (v !== "latency" && v !== "memory" && v !== "bootstrap" && v !== "vm" && v !== "gvisor") throw new UsageError("--only takes latency, bootstrap, memory, vm or gvisor");
         o.sections = v === "latency" ? ["latency", "bootstrap"] : [v];
         break;
       }

@@ -12,6 +12,7 @@ import { startRig, type Rig } from "./rig.js";
 import { summarize } from "./stats.js";
 import { benchVm, VM_PSS_TARGET_MB } from "./vm.js";
 import { startVmRig, vmUnavailable } from "./vmrig.js";
+import { benchGvisor, gvisorTable } from "./gvisor.js";
 
 const progress = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 
@@ -119,12 +120,28 @@ async function benchVmMode(opts: BenchOptions, rep: BenchReport, onStop: (stop: 
   }
 }
 
+/** gVisor pods next to runc-v2 and (when the guest is built) VM pods, in one private containerd with the CRI plugin. */
+async function benchGvisorMode(opts: BenchOptions, rep: BenchReport, onStop: (stop: () => Promise<string[]>) => void): Promise<void> {
+  const withVm = vmUnavailable() === undefined;
+  progress(`gvisor: starting a private containerd with the CRI plugin (cocoon-gvisor, runc${withVm ? ", cocoon VM" : ""} handlers)`);
+  const rig = await startVmRig(opts.vmAccel, { gvisor: true });
+  let stopping: Promise<string[]> | undefined;
+  const stop = () => (stopping ??= rig.stop());
+  onStop(stop);
+  try {
+    progress(`gvisor: 1 warm-up + ${opts.vmRuns} timed pod starts per handler, interleaved; then ${opts.vmPods} pods per handler for memory`);
+    rep.gvisor = await benchGvisor(rig, opts.vmRuns, opts.vmPods, withVm, progress);
+  } finally {
+    rep.leftovers.push(...(await stop()));
+  }
+}
+
 async function bench(opts: BenchOptions): Promise<BenchReport> {
   const t0 = Date.now();
   const startedAt = new Date().toISOString();
   const machine = await machineFacts();
   const rep: BenchReport = { startedAt, durationSec: 0, options: opts, machine, loadavgAfter: [], leftovers: [] };
-  const runcSections = opts.sections.some((s) => s !== "vm");
+  const runcSections = opts.sections.some((s) => s !== "vm" && s !== "gvisor");
   let vm = opts.sections.includes("vm");
   const why = vm ? vmUnavailable() : undefined;
   if (why) {
@@ -145,6 +162,7 @@ async function bench(opts: BenchOptions): Promise<BenchReport> {
       await benchRuncMode(opts, rep, (s) => (stopCurrent = s));
     }
     if (vm) await benchVmMode(opts, rep, (s) => (stopCurrent = s));
+    if (opts.sections.includes("gvisor")) await benchGvisorMode(opts, rep, (s) => (stopCurrent = s));
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
@@ -182,6 +200,7 @@ async function main(): Promise<number> {
   if (rep.memory) out.push("", "Shim daemon memory at density (sum over shim daemons / pods)", memoryTable(rep.memory));
   if (rep.vm) out.push("", "VM pod start through the CRI (ms): RunPodSandbox + CreateContainer + StartContainer until RUNNING, one container (sleep 1000), new pod each run", vmTables(rep.vm));
   if (rep.vmSkipped) out.push("", `VM section skipped: ${rep.vmSkipped}`);
+  if (rep.gvisor) out.push("", "gVisor pod start through the CRI (ms, RunPodSandbox until RUNNING) and host memory per pod, next to runc-v2 and vm mode", gvisorTable(rep.gvisor));
   out.push("", ...verdict(rep));
   if (rep.leftovers.length) out.push("", "harness cleaned up leftovers:", ...rep.leftovers.map((l) => `  ${l}`));
   const paths = writeResults(opts.outDir ?? join(repoRoot, "bench", "results"), rep);

@@ -7,6 +7,7 @@ import type { MachineFacts } from "./machine.js";
 import type { MemoryResult } from "./memory.js";
 import { round1, summarize, type Summary } from "./stats.js";
 import { VM_PSS_TARGET_MB, type VmBreakdown, type VmResult } from "./vm.js";
+import type { GvisorResult } from "./gvisor.js";
 
 export interface BenchReport {
   startedAt: string;
@@ -20,6 +21,7 @@ export interface BenchReport {
   vm?: VmResult;
   /** Why the VM section did not run, when it was asked for (or defaulted to) but could not. */
   vmSkipped?: string;
+  gvisor?: GvisorResult;
   leftovers: string[];
 }
 

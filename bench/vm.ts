@@ -158,7 +158,7 @@ async function bootLineOf(rig: VmRig, podId: string, from: number): Promise<VmBo
 }
 
 /** Runs a one-container pod and times each CRI call; returns the pod id (caller removes the pod). */
-async function startTimedPod(rig: VmRig, handler: string, name: string): Promise<{ podId: string; sample: PodStartSample; t0: number; tSandbox: number; tRunning: number }> {
+export async function startTimedPod(rig: VmRig, handler: string, name: string): Promise<{ podId: string; sample: PodStartSample; t0: number; tSandbox: number; tRunning: number }> {
   const pod = rig.pod(handler, name);
   const call = { timeoutMs: 180_000 };
   const t0 = now();
@@ -209,13 +209,13 @@ function breakdownOf(b: VmBootLine, t0: number, tSandbox: number, tRunning: numb
 }
 
 /** Removes a pod and waits (bounded) until its shim and QEMU are gone, so runs do not overlap. */
-async function removeAndSettle(rig: VmRig, podId: string, qemuPid?: number): Promise<void> {
+export async function removeAndSettle(rig: VmRig, podId: string, qemuPid?: number): Promise<void> {
   await removePod(rig.cri, podId, 60_000);
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline && ((qemuPid && isAlive(qemuPid)) || findShims(rig.ctrd.address).length > 0)) await sleep(50);
 }
 
-async function onePodStart(rig: VmRig, handler: string, name: string): Promise<VmRun> {
+export async function onePodStart(rig: VmRig, handler: string, name: string): Promise<VmRun> {
   const from = rig.ctrd.log().length;
   const r = await startTimedPod(rig, handler, name);
   let boot: VmBootLine | undefined;

@@ -16,6 +16,8 @@ export const GUEST_DIR = join(repoRoot, "guest", "out");
 export const GUEST_MANIFEST = join(GUEST_DIR, "manifest.json");
 export const VM_HANDLER = "cocoon";
 export const RUNC_HANDLER = "runc";
+/** gVisor mode (bench/gvisor.ts), registered when VmRigOptions.gvisor is set. */
+export const GVISOR_HANDLER = "cocoon-gvisor";
 /** The shipped default of vm.memory_mib, used as is so the numbers describe the default pod. */
 export const VM_MEMORY_MIB = 512;
 
@@ -52,6 +54,8 @@ export interface VmRigOptions {
   kernelParams?: string;
   /** vm.tcg_cache_mib (default: the shipped default). */
   tcgCacheMiB?: number;
+  /** Also register the `cocoon-gvisor` handler (gVisor mode, its state in the rig's dir). */
+  gvisor?: boolean;
 }
 
 export async function startVmRig(accel: "auto" | "kvm" | "tcg", o: VmRigOptions = {}): Promise<VmRig> {
@@ -65,6 +69,10 @@ export async function startVmRig(accel: "auto" | "kvm" | "tcg", o: VmRigOptions 
     ...(o.tcgCacheMiB !== undefined ? [`tcg_cache_mib = ${o.tcgCacheMiB}`] : []), "",
   ].join("\n"));
   const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${VM_HANDLER}`;
+  const gvTable = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${GVISOR_HANDLER}`;
+  const gvCfg = join(dir, "cocoon-gvisor.toml");
+  if (o.gvisor) writeFileSync(gvCfg, `mode = "gvisor"\ngrouping = "pod"\n[gvisor]\nroot = "${dir}/runsc"\nstate_dir = "${dir}/gvisor"\n`);
+  const gvExtra = o.gvisor ? `[${gvTable}]\nruntime_type = "io.containerd.cocoon.v2"\nprivileged_without_host_devices = true\n[${gvTable}.options]\nConfigPath = "${gvCfg}"\n` : "";
   let ctrd: Containerd | undefined;
   let cri: CriClient | undefined;
   try {
@@ -72,7 +80,7 @@ export async function startVmRig(accel: "auto" | "kvm" | "tcg", o: VmRigOptions 
       cri: true,
       cni: true,
       pathPrepend: [join(repoRoot, "bin")],
-      extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cfg}"\n`,
+      extraConfig: `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${cfg}"\n` + gvExtra,
     });
     await importPauseImage(ctrd);
     await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });

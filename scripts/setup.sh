@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  containerd runc crun busybox-static
+  containerd runc crun runsc busybox-static
   qemu-system-x86 containernetworking-plugins iproute2 iptables
   kmod cpio zstd xz-utils binutils erofs-utils procps util-linux bsdutils coreutils python3
 )

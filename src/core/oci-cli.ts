@@ -30,7 +30,8 @@ export interface CreateArgs {
   /** Further flags, e.g. ["--no-pivot"]. */
   extra?: string[];
   /** fds the runtime (and so the container's init) gets as 0, 1, 2. */
-  stdio: [number, number, number];
+  /** The process's stdio; none when the runtime takes it on `start` instead (runsc joining a sandbox). */
+  stdio?: [number, number, number];
 }
 
 export interface ExecArgs {
@@ -38,6 +39,8 @@ export interface ExecArgs {
   processFile: string;
   pidFile: string;
   consoleSocket?: string;
+  /** More flags before the id (runsc: --internal-pid-file). */
+  extra?: string[];
   stdio: [number, number, number];
 }
 
@@ -112,18 +115,19 @@ export class OciCli {
   create(id: string, a: CreateArgs): Promise<string> {
     const args = ["--bundle", a.bundle, "--pid-file", a.pidFile];
     if (a.consoleSocket) args.push("--console-socket", a.consoleSocket);
-    return this.run("create", [...args, ...(a.extra ?? []), id], { stdio: a.stdio });
+    return this.run("create", [...args, ...(a.extra ?? []), id], a.stdio ? { stdio: a.stdio } : {});
   }
 
-  async start(id: string): Promise<void> {
-    await this.run("start", [id]);
+  /** Starts the created container; `stdio` for a runtime that gives the process its stdio only now (runsc joining a sandbox). */
+  async start(id: string, stdio?: [number, number, number]): Promise<void> {
+    await this.run("start", [id], stdio ? { stdio } : {});
   }
 
   /** Starts a process in the container, detached: the runtime exits once it runs. */
   async exec(id: string, a: ExecArgs): Promise<void> {
     const args = ["--detach", "--pid-file", a.pidFile, "--process", a.processFile];
     if (a.consoleSocket) args.push("--console-socket", a.consoleSocket);
-    await this.run("exec", [...args, id], { stdio: a.stdio });
+    await this.run("exec", [...args, ...(a.extra ?? []), id], { stdio: a.stdio });
   }
 
   async kill(id: string, signal: number, all = false): Promise<void> {

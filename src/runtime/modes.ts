@@ -3,5 +3,6 @@
 import type { RuntimeMode } from "../shim/runtime.js";
 import { runcMode } from "./runc/mode.js";
 import { vmMode } from "./vm/mode.js";
+import { gvisorMode } from "./gvisor/mode.js";
 
-export const MODES: readonly RuntimeMode[] = [runcMode, vmMode];
+export const MODES: readonly RuntimeMode[] = [runcMode, vmMode, gvisorMode];

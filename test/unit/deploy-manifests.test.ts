@@ -236,9 +236,9 @@ test("the schema catches the mistakes it is meant to catch", () => {
   assert.equal(rc.list.length, 2, rc.list.join("\n"));
 });
 
-test("RuntimeClasses: cocoon (VM, with overhead) and cocoon-runc, both pinned to labelled nodes", () => {
+test("RuntimeClasses: one per registered mode (the VM one with overhead), all pinned to labelled nodes", () => {
   const rcs = loadManifests().find((f) => f.file === "runtimeclass.yaml")!.objs;
-  assert.deepEqual(rcs.map((o) => o["handler"]), ["cocoon", "cocoon-runc"]);
+  assert.deepEqual(rcs.map((o) => o["handler"]).sort(), MODES.map((m) => m.handler).sort());
   const vm = rcs[0]!;
   assert.ok(vm["overhead"].podFixed.memory && vm["overhead"].podFixed.cpu);
   for (const rc of rcs) assert.equal(rc["scheduling"].nodeSelector[NODE_LABEL], "true");
@@ -295,10 +295,15 @@ test("the cocoon command lines in the DaemonSets use only options the CLI define
   }
 });
 
-test("the containerd snippet is TOML registering both handlers with their Cocoon configs", () => {
+test("the containerd snippet is TOML registering every mode's handler with its Cocoon config", () => {
   const doc = parseToml(readFileSync(join(DEPLOY, "containerd", "cocoon.toml"), "utf8")) as Obj;
   const rts = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
-  assert.deepEqual(Object.keys(rts).sort(), ["cocoon", "cocoon-runc"]);
+  assert.deepEqual(Object.keys(rts).sort(), MODES.map((m) => m.handler).sort());
+  for (const m of MODES) {
+    assert.equal(rts[m.handler].runtime_type, "io.containerd.cocoon.v2", m.handler);
+    assert.equal(rts[m.handler].options.ConfigPath, `/etc/cocoon/${m.configFile}`, m.handler);
+    assert.equal(rts[m.handler].privileged_without_host_devices ?? false, m.privilegedWithoutHostDevices, m.handler);
+  }
   assert.equal(rts.cocoon.runtime_type, "io.containerd.cocoon.v2");
   assert.equal(rts["cocoon-runc"].runtime_type, "io.containerd.cocoon.v2");
   assert.equal(rts.cocoon.options.ConfigPath, "/etc/cocoon/cocoon-vm.toml");
@@ -316,4 +321,6 @@ test("the two Cocoon configs pass the shim's parseConfig", () => {
   const runc = parseConfig(readFileSync(join(DEPLOY, "config", "cocoon-runc.toml"), "utf8"), "cocoon-runc.toml");
   assert.equal(runc.mode, "runc");
   assert.equal(settingsFor<RuncSettings>(runc, "runc").binary, "runc");
+  // Every mode ships its config, and it selects that mode.
+  for (const m of MODES) assert.equal(parseConfig(readFileSync(join(DEPLOY, "config", m.configFile), "utf8"), m.configFile).mode, m.name);
 });

@@ -36,6 +36,7 @@ function healthyNode(): FakeNode {
       "/etc/containerd/config.toml": ctrd,
       "/etc/cocoon/cocoon-vm.toml": readFileSync(join(REPO, "deploy/config/cocoon-vm.toml"), "utf8"),
       "/etc/cocoon/cocoon-runc.toml": readFileSync(join(REPO, "deploy/config/cocoon-runc.toml"), "utf8"),
+      "/etc/cocoon/cocoon-gvisor.toml": readFileSync(join(REPO, "deploy/config/cocoon-gvisor.toml"), "utf8"),
       "/proc/self/mounts": V2_MOUNTS,
       "/sys/kernel/mm/ksm/run": "1\n",
     },
@@ -95,7 +96,7 @@ const byName = (rs: CheckResult[], name: string) => {
   return r;
 };
 
-const NAMES = ["containerd", "cri handlers", "config cocoon-runc", "config cocoon", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
+const NAMES = ["containerd", "cri handlers", "config cocoon-runc", "config cocoon", "config cocoon-gvisor", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
 
 test("a healthy node passes every check", async () => {
   const rs = await runChecks({ env: envOf(healthyNode()), probes: { accel: KVM_WORKS } });
@@ -111,10 +112,11 @@ test("an untouched node fails the Cocoon-specific checks, each with a fix", asyn
   n.files["/etc/containerd/config.toml"] = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/usr/lib/cni"\n';
   delete n.files["/etc/cocoon/cocoon-vm.toml"];
   delete n.files["/etc/cocoon/cocoon-runc.toml"];
+  delete n.files["/etc/cocoon/cocoon-gvisor.toml"];
   n.paths = n.paths.filter((p) => !p.includes("cocoon"));
   const rs = await runChecks({ env: envOf(n), probes: { accel: KVM_WORKS } });
   const failed = rs.filter((r) => r.level === "fail");
-  assert.deepEqual(failed.map((r) => r.name), ["cri handlers", "config cocoon-runc", "config cocoon", "shim binary", "guest assets"]);
+  assert.deepEqual(failed.map((r) => r.name), ["cri handlers", "config cocoon-runc", "config cocoon", "config cocoon-gvisor", "shim binary", "guest assets"]);
   for (const r of failed) {
     assert.equal(r.ok, false);
     assert.match(r.fix, /cocoon install/);

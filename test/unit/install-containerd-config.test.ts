@@ -120,7 +120,7 @@ test("without any runtimes the block restates containerd's default runc runtime"
   const m = mergeContainerdConfig(original, RT);
   assert.equal(m.addedDefaultRunc, true);
   const rts = criRuntimes(parseToml(m.text) as T);
-  assert.deepEqual(rts.map((r) => r.name).sort(), ["cocoon", "cocoon-runc", "runc"]);
+  assert.deepEqual(rts.map((r) => r.name).sort(), ["cocoon", "cocoon-gvisor", "cocoon-runc", "runc"]);
   assert.equal(rts.find((r) => r.name === "runc")!.runtimeType, "io.containerd.runc.v2");
   assert.equal(unmergeContainerdConfig(m.text).text, original);
 });
@@ -213,7 +213,7 @@ test("containerd config dump of a new minimal config keeps the default runc runt
   const path = join(dir, "minimal.toml");
   writeFileSync(path, mergeContainerdConfig(undefined, RT).text);
   const rts = dump(path)["plugins"]["io.containerd.grpc.v1.cri"].containerd.runtimes;
-  assert.deepEqual(Object.keys(rts).sort(), ["cocoon", "cocoon-runc", "runc"]);
+  assert.deepEqual(Object.keys(rts).sort(), ["cocoon", "cocoon-gvisor", "cocoon-runc", "runc"]);
 });
 
 test("containerd 1.6: an imports drop-in replaces the main file's CRI table (why install edits the main file)", { skip: !HAVE_CONTAINERD && "containerd not installed" }, () => {

@@ -60,7 +60,7 @@ function fakeSource(root: string) {
   symlinkSync("busybox", join(root, "guest/out/rootfs/bin/sh"));
   w("guest/out/cache/big.deb", "not installed");
   w("fake-node", "#!/bin/sh\n", 0o755);
-  for (const c of ["cocoon-vm.toml", "cocoon-runc.toml"]) {
+  for (const c of MODES.map((m) => m.configFile)) {
     mkdirSync(join(root, "deploy/config"), { recursive: true });
     copyFileSync(join(REPO, "deploy/config", c), join(root, "deploy/config", c));
   }

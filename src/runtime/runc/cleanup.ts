@@ -8,7 +8,6 @@ import { unmountAll } from "../../shim/mount.js";
 import type { Sys } from "../../sys/types.js";
 
 export interface RuncBundleState extends BundleState {
-  mode: "runc";
   binary: string;
   root: string;
   rootfs: string;

@@ -6,14 +6,14 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { failedPrecondition, invalidArgument, notFound, unimplemented } from "../../core/errors.js";
 import { mountAll, unmountAll } from "../../shim/mount.js";
-import type { Reaper } from "../../sys/reaper.js";
+import type { Exit, Reaper } from "../../sys/reaper.js";
 import type {
   CreateRequest, ExecRequest, IoOwner, PidInfo, ProcessRef, Runtime, RuntimeContext, Stats,
 } from "../../shim/runtime.js";
 import { ProcessIO } from "../../shim/stdio.js";
 import type { Sys } from "../../sys/types.js";
 import { Cgroup, cgroupRelPath } from "../../core/cgroups.js";
-import { launchProcess } from "../../core/launch.js";
+import { launchProcess, readPidFile } from "../../core/launch.js";
 import { watchOom } from "../../core/oom.js";
 import type { RuncBundleState } from "./cleanup.js";
 import { STATE_FILE, writeBundleState } from "../../shim/delete.js";
@@ -21,10 +21,13 @@ import { runSubdir } from "../../shim/fast-start.js";
 import { OciCli, resolveBinary } from "../../core/oci-cli.js";
 import { signalPid } from "../../core/process.js";
 import { containerSettings, type RuncSettings } from "./settings.js";
+import { RUNC_FLAVOR, type FlavorContainer, type OciFlavor } from "./flavor.js";
 
 interface ExecProc {
   io: ProcessIO;
   pid: number;
+  /** The pid inside the container, for a flavor that signals execs through the runtime. */
+  innerPid: number;
   specFile: string;
   terminal: boolean;
 }
@@ -44,6 +47,12 @@ interface ContainerRec {
   criu: string;
   /** Owner of the stdio of the container's processes, its execs' too (runc options IoUid/IoGid). */
   ioOwner: IoOwner | undefined;
+  view: FlavorContainer;
+  /** The init's stdio goes to `start`, not `create` (flavor.stdioAtStart). */
+  stdioAtStart: boolean;
+  /** The init's exit comes from flavor.followInit, not from reaping initPid. */
+  followed: boolean;
+  stopFollowing: () => void;
 }
 
 /** runc hands the pty master over a socket in root's own run dir, never in a shared /tmp. */
@@ -56,6 +65,7 @@ export class RuncRuntime implements Runtime {
     private readonly ctx: RuntimeContext<RuncSettings>,
     private readonly sys: Sys,
     private readonly reaper: Reaper,
+    private readonly flavor: OciFlavor = RUNC_FLAVOR,
   ) {}
 
   private rec(id: string): ContainerRec {
@@ -74,7 +84,7 @@ export class RuncRuntime implements Runtime {
     const { runc, ioOwner } = containerSettings(this.ctx.settings, req.options);
     const cli = new OciCli({
       binary: runc.binary,
-      globalArgs: ["--root", path.join(runc.root, req.namespace), ...(runc.systemdCgroup ? ["--systemd-cgroup"] : [])],
+      globalArgs: ["--root", path.join(runc.root, req.namespace), ...(runc.systemdCgroup ? ["--systemd-cgroup"] : []), ...this.flavor.globalArgs],
       logDir: req.bundle,
     });
     mkdirSync(path.join(runc.root, req.namespace), { recursive: true, mode: 0o711 });
@@ -93,24 +103,28 @@ export class RuncRuntime implements Runtime {
       cleanups.push(() => io.close());
       const extra = [...(runc.noPivotRoot ? ["--no-pivot"] : []), ...(runc.noNewKeyring ? ["--no-new-keyring"] : [])];
       const pidFile = path.join(req.bundle, "init.pid");
-      const pid = await launchProcess(async (consoleSocket) => {
-        await cli.create(req.id, { bundle: req.bundle, pidFile, consoleSocket, extra, stdio: io.childFds() });
+      // A flavor may hand the init its stdio (and console) only on `start` (runsc: a container joining a sandbox).
+      const stdioAtStart = this.flavor.stdioAtStart(req.spec);
+      const create = async (consoleSocket: string | undefined, stdio?: [number, number, number]) => {
+        await cli.create(req.id, { bundle: req.bundle, pidFile, consoleSocket, extra, ...(stdio ? { stdio } : {}) });
         cleanups.push(() => void cli.delete(req.id).catch(() => {}));
-      }, { sys: this.sys, io, terminal: req.stdio.terminal, consoleDir: consoleDir(), pidFile });
+      };
+      const pid = stdioAtStart
+        ? (await create(undefined), readPidFile(pidFile))
+        : await launchProcess((consoleSocket) => create(consoleSocket, io.childFds()), { sys: this.sys, io, terminal: req.stdio.terminal, consoleDir: consoleDir(), pidFile });
       const cgroup = new Cgroup(cgroupRelPath(req.spec.linux?.cgroupsPath, req.id));
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
         cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner,
+        view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, binary: cli.binaryPath, root: path.join(runc.root, req.namespace) },
+        stdioAtStart, followed: this.flavor.followInit?.applies(req.spec) ?? false, stopFollowing: () => {},
       };
-      rec.stopOom = watchOom(cgroup, this.sys, () => this.ctx.events.oom(req.id));
-      const state: RuncBundleState = { mode: "runc", binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
+      const onOom = () => this.ctx.events.oom(req.id);
+      rec.stopOom = this.flavor.watchOom ? this.flavor.watchOom(rec.view, onOom) : watchOom(cgroup, this.sys, onOom);
+      const state: RuncBundleState = { mode: this.flavor.stateMode, binary: cli.binaryPath, root: path.join(runc.root, req.namespace), rootfs, mounted: rec.mounted };
       writeBundleState(req.bundle, state);
       this.containers.set(req.id, rec);
-      this.reaper.watch(pid, (e) => {
-        log.debug("init exited", { pid, status: e.status });
-        io.processExited();
-        this.ctx.events.exited({ containerId: req.id, execId: "" }, pid, { status: e.status, at: e.at });
-      });
+      if (!rec.followed) this.reaper.watch(pid, (e) => this.initExited(rec, e));
       return { pid };
     } catch (err) {
       for (const undo of cleanups.reverse()) {
@@ -124,22 +138,41 @@ export class RuncRuntime implements Runtime {
     }
   }
 
+  private initExited(c: ContainerRec, e: Exit) {
+    this.ctx.log.debug("init exited", { id: c.id, pid: c.initPid, status: e.status });
+    c.io.processExited();
+    this.ctx.events.exited({ containerId: c.id, execId: "" }, c.initPid, { status: e.status, at: e.at });
+  }
+
   async start(ref: ProcessRef): Promise<{ pid: number }> {
     const c = this.rec(ref.containerId);
     if (!ref.execId) {
-      await c.cli.start(c.id);
+      if (c.stdioAtStart) {
+        try {
+          await c.cli.start(c.id, c.io.childFds());
+        } finally {
+          c.io.releaseChildFds();
+        }
+      } else {
+        await c.cli.start(c.id);
+      }
+      if (c.followed) c.stopFollowing = this.flavor.followInit!.follow(c.view, (e) => this.initExited(c, e));
       return { pid: c.initPid };
     }
     const e = this.execRec(c, ref.execId);
     const pidFile = path.join(c.bundle, `exec-${ref.execId}.pid`);
+    const innerPidFile = path.join(c.bundle, `exec-${ref.execId}.inner-pid`);
+    const extra = this.flavor.execKillThroughRuntime ? ["--internal-pid-file", innerPidFile] : [];
     try {
       e.pid = await launchProcess(
-        (consoleSocket) => c.cli.exec(c.id, { processFile: e.specFile, pidFile, consoleSocket, stdio: e.io.childFds() }),
+        (consoleSocket) => c.cli.exec(c.id, { processFile: e.specFile, pidFile, consoleSocket, extra, stdio: e.io.childFds() }),
         { sys: this.sys, io: e.io, terminal: e.terminal, consoleDir: consoleDir(), pidFile },
       );
+      if (extra.length) e.innerPid = readPidFile(innerPidFile);
     } finally {
       rmSync(e.specFile, { force: true });
       rmSync(pidFile, { force: true });
+      rmSync(innerPidFile, { force: true });
     }
     const pid = e.pid;
     this.reaper.watch(pid, (x) => {
@@ -160,7 +193,7 @@ export class RuncRuntime implements Runtime {
     writeFileSync(specFile, JSON.stringify(proc));
     try {
       const io = await ProcessIO.open(req.stdio, { id: req.execId, namespace: c.namespace, sys: this.sys, owner: c.ioOwner });
-      c.execs.set(req.execId, { io, pid: 0, specFile, terminal: req.stdio.terminal });
+      c.execs.set(req.execId, { io, pid: 0, innerPid: 0, specFile, terminal: req.stdio.terminal });
     } catch (err) {
       rmSync(specFile, { force: true });
       throw err;
@@ -174,7 +207,8 @@ export class RuncRuntime implements Runtime {
       return;
     }
     const e = this.execRec(c, ref.execId);
-    signalPid(e.pid, signal);
+    if (e.innerPid) await c.cli.run("kill", ["--pid", String(e.innerPid), c.id, String(signal)]);
+    else signalPid(e.pid, signal);
   }
 
   async delete(ref: ProcessRef): Promise<void> {
@@ -194,7 +228,8 @@ export class RuncRuntime implements Runtime {
 
   private release(c: ContainerRec) {
     c.stopOom();
-    this.reaper.unwatch(c.initPid);
+    c.stopFollowing();
+    if (!c.followed) this.reaper.unwatch(c.initPid);
     for (const e of c.execs.values()) e.io.close();
     c.io.close();
     if (c.mounted) unmountAll(this.sys, c.rootfs);
@@ -207,7 +242,7 @@ export class RuncRuntime implements Runtime {
     const c = this.rec(containerId);
     const pids = await c.cli.ps(c.id);
     const byPid = new Map<number, string>();
-    for (const [execId, e] of c.execs) if (e.pid) byPid.set(e.pid, execId);
+    for (const [execId, e] of c.execs) if (e.pid) byPid.set(e.innerPid || e.pid, execId);
     return pids.map((pid) => ({ pid, execId: byPid.get(pid) ?? "" }));
   }
 
@@ -223,6 +258,7 @@ export class RuncRuntime implements Runtime {
 
   async update(containerId: string, resources: Record<string, unknown>) {
     const c = this.rec(containerId);
+    if (this.flavor.unsupported.update) throw unimplemented(this.flavor.unsupported.update);
     const file = path.join(c.bundle, `resources-${randomBytes(4).toString("hex")}.json`);
     writeFileSync(file, JSON.stringify(resources));
     try {
@@ -233,7 +269,8 @@ export class RuncRuntime implements Runtime {
   }
 
   async stats(containerId: string): Promise<Stats> {
-    return this.rec(containerId).cgroup.stats();
+    const c = this.rec(containerId);
+    return this.flavor.stats ? this.flavor.stats(c.view) : c.cgroup.stats();
   }
 
   async resizePty(ref: ProcessRef, width: number, height: number) {
@@ -249,6 +286,7 @@ export class RuncRuntime implements Runtime {
 
   async checkpoint(containerId: string, imagePath: string, _options: Record<string, unknown>) {
     const c = this.rec(containerId);
+    if (this.flavor.unsupported.checkpoint) throw unimplemented(this.flavor.unsupported.checkpoint);
     try {
       resolveBinary(c.criu || "criu");
     } catch {

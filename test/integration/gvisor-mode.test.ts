@@ -1,0 +1,131 @@
+// gVisor mode through the real containerd and ctr. Without CRI annotations every container is its own
+// runsc sandbox; what runs inside is gVisor's kernel (its dmesg says so), not the host's.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, afterEach, before, describe, it } from "node:test";
+import { startContainerd, type Containerd } from "../helpers/containerd.js";
+import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
+import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
+import { listProcesses } from "../helpers/procfs.js";
+import { repoRoot, waitFor } from "../helpers/util.js";
+
+const RT = ["--runtime", "io.containerd.cocoon.v2"];
+let seq = 0;
+const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
+
+/** Runs a shell command line under a pseudo-terminal (util-linux `script`), returning what it printed. */
+async function runScript(cmd: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("error", reject);
+    child.on("close", () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+  });
+}
+
+/** runsc sandbox processes using `root` as their state dir. */
+export function sandboxes(root: string): number[] {
+  return listProcesses().filter((p) => p.args[0] === "runsc-sandbox" && p.args.some((a) => a === `--root=${root}` || a.startsWith(`--root=${root}/`))).map((p) => p.pid);
+}
+
+describe("gVisor mode through containerd and ctr", { timeout: 300_000 }, () => {
+  let host: HostSnapshot;
+  let ctrd: Containerd;
+  let cfgDir: string;
+  let root: string;
+  const taskState = async (id: string) => (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(id)) ?? "";
+
+  before(async () => {
+    host = await snapshotHost();
+    cfgDir = mkdtempSync(path.join(os.tmpdir(), "cocoon-cfg-"));
+    root = path.join(cfgDir, "runsc");
+    writeFileSync(path.join(cfgDir, "cocoon.toml"), `mode = "gvisor"\nlog_level = "debug"\n[gvisor]\nroot = "${root}"\nstate_dir = "${cfgDir}/gvisor"\n`);
+    ctrd = await startContainerd({ env: { COCOON_CONFIG: path.join(cfgDir, "cocoon.toml") }, pathPrepend: [path.join(repoRoot, "bin")] });
+    await importImage(ctrd, BUSYBOX_IMAGE);
+  });
+
+  afterEach(async () => {
+    await waitFor(() => sandboxes(root).length === 0 || undefined, { timeoutMs: 10_000, what: "no runsc sandbox left" });
+    await assertNoLeaks(host, { graceMs: 10_000 });
+  });
+
+  after(async () => {
+    await ctrd?.stop();
+    await assertNoLeaks(host, { harness: ctrd });
+    // runsc's own state: a container the shim deleted leaves nothing under --root.
+    const left = readdirSafe(path.join(root, "default")).filter((f) => !f.startsWith("."));
+    rmSync(cfgDir, { recursive: true, force: true });
+    assert.deepEqual(left, []);
+  });
+
+  it("runs a container in gVisor: output on both streams, exit codes, the platform probe logged", async () => {
+    const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("out"), "sh", "-c", "echo hello; echo err >&2; dmesg | head -1"]);
+    assert.equal(r.stderr, "err\n");
+    const [hello, dmesg] = r.stdout.split("\n");
+    assert.equal(hello, "hello");
+    assert.match(dmesg ?? "", /Starting gVisor/);
+    const r3 = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("exit"), "sh", "-c", "exit 3"], { allowFail: true });
+    assert.equal(r3.code, 3);
+    assert.match(ctrd.log(), /gVisor platform probe.*platform=(ptrace|kvm)/);
+  });
+
+  it("exec (output, exit code, kill by signal), ps, pause/resume, metrics, checkpoint refused, SIGKILL of the init", async () => {
+    const id = uid("life");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    assert.equal(sandboxes(root).length, 1, "one sandbox for the container");
+    const ex = await ctrd.ctr(["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo in-exec; exit 4"], { allowFail: true });
+    assert.deepEqual([ex.stdout, ex.code], ["in-exec\n", 4]);
+    // An exec is signalled inside the sandbox (runsc kill --pid), not through its host-side waiter.
+    const long = ctrd.ctr(["task", "exec", "--exec-id", "e2", id, "sleep", "1000"], { allowFail: true });
+    await waitFor(async () => (await ctrd.ctr(["task", "ps", id])).stdout.trim().split("\n").length >= 3 || undefined, { timeoutMs: 10_000, what: "two processes" });
+    await ctrd.ctr(["task", "kill", "--exec-id", "e2", "-s", "SIGTERM", id]);
+    assert.equal((await long).code, 143);
+    await ctrd.ctr(["task", "pause", id]);
+    assert.match(await taskState(id), /PAUSED/);
+    await ctrd.ctr(["task", "resume", id]);
+    assert.match(await taskState(id), /RUNNING/);
+    const m = await ctrd.ctr(["task", "metrics", id]);
+    assert.match(m.stdout, /memory\.usage_in_bytes\s+[1-9]\d*/);
+    const cp = await ctrd.ctr(["task", "checkpoint", id], { allowFail: true });
+    assert.notEqual(cp.code, 0);
+    assert.match(cp.stderr, /not implemented/i);
+    assert.match(cp.stderr, /gVisor mode does not checkpoint containers/);
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    await waitFor(async () => /STOPPED/.test(await taskState(id)) || undefined, { timeoutMs: 15_000, what: "task stopped" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+  });
+
+  it("a TTY session through the console socket, and exec -t", async () => {
+    const out = await runScript(`stty cols 100 rows 40; ctr --address ${ctrd.address} run --fifo-dir ${ctrd.fifoDir} -t --rm ${RT.join(" ")} ${BUSYBOX_IMAGE} ${uid("tty")} sh -c 'sleep 1; stty size; [ -t 1 ] && echo is-a-tty; exit 6'; echo "rc=$?"`);
+    assert.match(out, /40 100/);
+    assert.match(out, /is-a-tty/);
+    assert.match(out, /rc=6/);
+    const id = uid("ttyexec");
+    await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
+    const r = await runScript(`stty cols 77 rows 11; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${id} sh -c 'sleep 1; stty size; [ -t 0 ] && echo is-a-tty; exit 5'; echo "rc=$?"`);
+    assert.match(r, /is-a-tty/);
+    assert.match(r, /rc=5/);
+    await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);
+    await waitFor(async () => /STOPPED/.test(await taskState(id)) || undefined, { timeoutMs: 15_000, what: "task stopped" });
+    await ctrd.ctr(["task", "rm", id]);
+    await ctrd.ctr(["container", "rm", id]);
+  });
+});
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
