@@ -55,6 +55,7 @@ function healthyNode(): FakeNode {
       "runc --version": { stdout: "runc version 1.1.5+ds1\ncommit: x\n" },
       "crun --version": { stdout: "crun version 1.8.1\n" },
       "qemu-system-x86_64 --version": { stdout: "QEMU emulator version 7.2.22\n" },
+      "runsc --version": { stdout: "runsc version 0.0~20221219.0\nspec: 1.0.2-dev\n" },
     },
     dirs: { "/etc/cni/net.d": ["10-bridge.conflist"] },
     kvmOpen: "",
@@ -90,16 +91,22 @@ function envOf(n: FakeNode): CheckEnv & { ran: string[] } {
   };
 }
 
+/** gVisor mode's probes on a node where both work (none of them touches this host). */
+const GVISOR_PROBES = {
+  "gvisor-platform": async () => ({ platform: "kvm", reason: "a KVM sandbox ran `true`", ms: 40 }),
+  "gvisor-network": async () => ({ network: "sandbox", reason: "runsc release 20240807" }),
+};
+
 const byName = (rs: CheckResult[], name: string) => {
   const r = rs.find((x) => x.name === name);
   assert.ok(r, `no result named ${name}`);
   return r;
 };
 
-const NAMES = ["containerd", "cri handlers", "config cocoon-runc", "config cocoon", "config cocoon-gvisor", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "cgroups", "cni plugins", "cni config", "koffi"];
+const NAMES = ["containerd", "cri handlers", "config cocoon-runc", "config cocoon", "config cocoon-gvisor", "shim binary", "runc", "crun", "qemu", "kvm", "guest assets", "vm templates", "ksm", "runsc", "gvisor platform", "gvisor network", "cgroups", "cni plugins", "cni config", "koffi"];
 
 test("a healthy node passes every check", async () => {
-  const rs = await runChecks({ env: envOf(healthyNode()), probes: { accel: KVM_WORKS } });
+  const rs = await runChecks({ env: envOf(healthyNode()), probes: { ...GVISOR_PROBES, accel: KVM_WORKS } });
   assert.deepEqual(rs.map((r) => r.name), NAMES);
   assert.deepEqual(rs.filter((r) => r.level !== "ok").map((r) => `${r.name}: ${r.detail}`), []);
   assert.match(byName(rs, "cri handlers").detail, /cocoon-runc -> \/etc\/cocoon\/cocoon-runc.toml, cocoon -> \/etc\/cocoon\/cocoon-vm.toml/);
@@ -114,7 +121,7 @@ test("an untouched node fails the Cocoon-specific checks, each with a fix", asyn
   delete n.files["/etc/cocoon/cocoon-runc.toml"];
   delete n.files["/etc/cocoon/cocoon-gvisor.toml"];
   n.paths = n.paths.filter((p) => !p.includes("cocoon"));
-  const rs = await runChecks({ env: envOf(n), probes: { accel: KVM_WORKS } });
+  const rs = await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: KVM_WORKS } });
   const failed = rs.filter((r) => r.level === "fail");
   assert.deepEqual(failed.map((r) => r.name), ["cri handlers", "config cocoon-runc", "config cocoon", "config cocoon-gvisor", "shim binary", "guest assets"]);
   for (const r of failed) {
@@ -130,7 +137,7 @@ test("missing tools: containerd and qemu fail, crun is optional, runc is require
   delete n.commands["qemu-system-x86_64 --version"];
   delete n.commands["crun --version"];
   delete n.commands["runc --version"];
-  const rs = await runChecks({ env: envOf(n), skipSlowProbes: true });
+  const rs = await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES });
   assert.equal(byName(rs, "containerd").level, "fail");
   assert.equal(byName(rs, "qemu").level, "fail");
   assert.equal(byName(rs, "crun").level, "warn");
@@ -138,7 +145,7 @@ test("missing tools: containerd and qemu fail, crun is optional, runc is require
   // Without containerd the file itself is read, so the handlers are still found.
   assert.equal(byName(rs, "cri handlers").level, "ok");
   n.files["/etc/cocoon/cocoon-runc.toml"] = 'mode = "runc"\n[runc]\nbinary = "crun"\n';
-  const rs2 = await runChecks({ env: envOf(n), skipSlowProbes: true });
+  const rs2 = await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES });
   assert.equal(byName(rs2, "runc").level, "warn");
   assert.equal(byName(rs2, "crun").level, "fail");
 });
@@ -146,40 +153,40 @@ test("missing tools: containerd and qemu fail, crun is optional, runc is require
 test("containerd versions: 1.5 fails, 2.x warns", async () => {
   const n = healthyNode();
   n.commands["containerd --version"] = { stdout: "containerd github.com/containerd/containerd v1.5.9 abc\n" };
-  assert.equal(byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "containerd").level, "fail");
+  assert.equal(byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "containerd").level, "fail");
   n.commands["containerd --version"] = { stdout: "containerd containerd.io v2.0.1 abc\n" };
-  assert.equal(byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "containerd").level, "warn");
+  assert.equal(byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "containerd").level, "warn");
   assert.deepEqual(majorMinor("1.6.20~ds1"), [1, 6]);
   assert.equal(majorMinor("garbage"), undefined);
 });
 
 test("KVM: probe verdicts, no device, unopenable device, and accel = kvm makes it a failure", async () => {
   const n = healthyNode();
-  let r = byName(await runChecks({ env: envOf(n), probes: { accel: KVM_WORKS } }), "kvm");
+  let r = byName(await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: KVM_WORKS } }), "kvm");
   assert.equal(r.level, "ok");
   assert.match(r.detail, /^kvm \(the guest kernel booted under KVM/);
-  r = byName(await runChecks({ env: envOf(n), probes: { accel: async () => ({ ...KVM_HANGS, tcg: TCG_BOOTS }) } }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: async () => ({ ...KVM_HANGS, tcg: TCG_BOOTS }) } }), "kvm");
   assert.equal(r.level, "warn");
   assert.match(r.detail, /^tcg \(no KVM: .*within 8000 ms\); the guest kernel booted under TCG in 1900 ms; VMs run under TCG/);
   assert.match(r.fix, /nested virtualisation/);
   // Neither accelerator boots the kernel: pods cannot run at all.
-  r = byName(await runChecks({ env: envOf(n), probes: { accel: async () => ({ ...KVM_HANGS, tcg: { ok: false, reason: "QEMU exited under TCG: bad kernel", ms: 5 } }) } }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: async () => ({ ...KVM_HANGS, tcg: { ok: false, reason: "QEMU exited under TCG: bad kernel", ms: 5 } }) } }), "kvm");
   assert.equal(r.level, "fail");
   assert.match(r.detail, /QEMU exited under TCG: bad kernel/);
-  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "kvm");
   assert.equal(r.level, "warn");
   assert.match(r.detail, /not verified/);
   n.kvmOpen = "EACCES";
-  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "kvm");
   assert.match(r.detail, /cannot be opened \(EACCES\)/);
   n.paths = n.paths.filter((p) => p !== "/dev/kvm");
-  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "kvm");
   assert.equal(r.level, "warn");
   assert.match(r.detail, /^tcg \(no KVM: \/dev\/kvm does not exist\)/);
   n.files["/etc/cocoon/cocoon-vm.toml"] = n.files["/etc/cocoon/cocoon-vm.toml"]!.replace('accel = "auto"', 'accel = "kvm"');
-  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "kvm");
   assert.equal(r.level, "fail");
-  r = byName(await runChecks({ env: envOf(n), probes: { accel: async () => ({ ...KVM_HANGS, tcg: TCG_BOOTS }) } }), "kvm");
+  r = byName(await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: async () => ({ ...KVM_HANGS, tcg: TCG_BOOTS }) } }), "kvm");
   assert.equal(r.level, "fail");
   assert.match(r.fix, /set vm.accel = "auto" or "tcg"/);
 });
@@ -188,10 +195,10 @@ test("the probe is given the VM config and not run without a guest kernel", asyn
   const n = healthyNode();
   const seen: string[] = [];
   const probe = async (vm: VmConfig) => (seen.push(`${vm.qemu} ${vm.kernel}`), KVM_WORKS());
-  await runChecks({ env: envOf(n), probes: { accel: probe } });
+  await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: probe } });
   assert.deepEqual(seen, ["qemu-system-x86_64 /usr/local/share/cocoon/vmlinux"]);
   n.paths = n.paths.filter((p) => !p.endsWith("/vmlinux"));
-  const r = byName(await runChecks({ env: envOf(n), probes: { accel: probe } }), "kvm");
+  const r = byName(await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: probe } }), "kvm");
   assert.equal(r.level, "warn");
   assert.match(r.detail, /not probed: the guest kernel .* is missing/);
   assert.equal(seen.length, 1);
@@ -201,20 +208,20 @@ test("config problems: wrong mode, invalid file, wrong runtime_type, disabled CR
   const n = healthyNode();
   n.files["/etc/cocoon/cocoon-vm.toml"] = 'mode = "runc"\n';
   n.files["/etc/cocoon/cocoon-runc.toml"] = "mode = 7\n";
-  let rs = await runChecks({ env: envOf(n), skipSlowProbes: true });
+  let rs = await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES });
   assert.equal(byName(rs, "config cocoon").level, "warn");
   assert.equal(byName(rs, "config cocoon-runc").level, "fail");
   n.files["/etc/containerd/config.toml"] = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]\n  runtime_type = "io.containerd.runc.v2"\n';
-  assert.match(byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "cri handlers").detail, /runtime_type other than/);
+  assert.match(byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "cri handlers").detail, /runtime_type other than/);
   n.files["/etc/containerd/config.toml"] = 'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n';
-  rs = await runChecks({ env: envOf(n), skipSlowProbes: true });
+  rs = await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES });
   assert.match(byName(rs, "cri handlers").detail, /disabled/);
   // Default bin_dir /opt/cni/bin is empty, the plugins are in /usr/lib/cni.
   const cni = byName(rs, "cni plugins");
   assert.equal(cni.level, "fail");
   assert.match(cni.fix, /bin_dir = "\/usr\/lib\/cni"/);
   n.dirs = {};
-  assert.equal(byName(await runChecks({ env: envOf(n), skipSlowProbes: true }), "cni config").level, "warn");
+  assert.equal(byName(await runChecks({ env: envOf(n), skipSlowProbes: true, probes: GVISOR_PROBES }), "cni config").level, "warn");
 });
 
 test("cgroup version detection", () => {
@@ -249,14 +256,14 @@ test("VM templates: ready ones are listed; a recent failure or a 9p root is a wa
   const dir = "/run/cocoon/vm/templates";
   n.dirs[dir] = ["0123456789abcdef", "fedcba9876543210.failed"];
   n.paths.push(`${dir}/0123456789abcdef/ready`);
-  let rs = await runChecks({ env: envOf(n), probes: { accel: KVM_WORKS } });
+  let rs = await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: KVM_WORKS } });
   const t = byName(rs, "vm templates");
   assert.equal(t.level, "warn");
   assert.match(t.detail, /1 ready in \/run\/cocoon\/vm\/templates \(0123456789abcdef\).*recently failed: fedcba9876543210/);
   n.files["/etc/cocoon/cocoon-vm.toml"] = n.files["/etc/cocoon/cocoon-vm.toml"]!.replace(/^rootfs = .*$/m, 'rootfs = "/usr/local/share/cocoon/rootfs"');
   n.dirs["/usr/local/share/cocoon/rootfs"] = ["bin"];
   n.paths.push("/usr/local/share/cocoon/rootfs");
-  rs = await runChecks({ env: envOf(n), probes: { accel: KVM_WORKS } });
+  rs = await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: KVM_WORKS } });
   assert.match(byName(rs, "vm templates").detail, /is not an image/);
   assert.equal(checkExitCode(rs), 0);
 });
@@ -266,7 +273,7 @@ test("KSM off or absent is a warning that says how to turn it on, never a failur
     const n = healthyNode();
     if (run === undefined) delete n.files["/sys/kernel/mm/ksm/run"];
     else n.files["/sys/kernel/mm/ksm/run"] = run;
-    const rs = await runChecks({ env: envOf(n), probes: { accel: KVM_WORKS } });
+    const rs = await runChecks({ env: envOf(n), probes: { ...GVISOR_PROBES, accel: KVM_WORKS } });
     const k = byName(rs, "ksm");
     assert.equal(k.level, "warn");
     if (run) assert.match(k.fix, /echo 1 > \/sys\/kernel\/mm\/ksm\/run.*nokaslr/);

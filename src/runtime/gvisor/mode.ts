@@ -16,6 +16,10 @@ export const gvisorMode: RuntimeMode<GvisorSettings> = {
     const { createGvisorRuntime } = await import("./runtime.js");
     return createGvisorRuntime(ctx, host);
   },
+  async checkNode(settings, node, o) {
+    const { checkGvisorNode } = await import("./node-check.js");
+    return checkGvisorNode(settings, node, o);
+  },
   async cleanupBundle(sys, id, bundle, state) {
     // The bundle state names runsc and its --root: runsc's own force-delete tears the sandbox down.
     const { cleanupRuncBundle } = await import("../runc/cleanup.js");
