@@ -8,8 +8,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { CriClient } from "../../src/cli/cri/client.js";
 import { toCriConfigs, validatePodSpec } from "../../src/cli/cri/pod-spec.js";
-import { readContainerLog, removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
-import { ContainerState } from "../../src/gen/cri/runtime/v1/api_pb.js";
+import { removePod, startPod, waitForExit, type RunningPod } from "../../src/cli/lab/pod.js";
 import type { Containerd } from "../helpers/containerd.js";
 import { startCriLab, stopCriLab } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE } from "../helpers/image.js";
@@ -60,7 +59,8 @@ describe("CRI: pods on the cocoon-gvisor handler", { timeout: 240_000 }, () => {
     assert.deepEqual(left, [], "runsc state left under --root");
   });
 
-  it("runs a three-container pod in one sandbox on one shim: logs, exit codes, exec, stats, network, clean removal", async () => {
+  // Logs, exit codes, exec, stats and pod-to-pod TCP are checked for every mode in modes-cri.test.ts.
+  it("a pod is one gVisor sandbox on one shim: one kernel, hostname and network for its containers; Update refused; nothing left", async () => {
     const pod = await runPod("trio", [
       { name: "talker", script: "echo out-line; echo err-line >&2; exec sleep 600" },
       { name: "burner", script: "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo burned; exec sleep 600" },
@@ -70,51 +70,21 @@ describe("CRI: pods on the cocoon-gvisor handler", { timeout: 240_000 }, () => {
       const [talker, burner, quitter] = pod.containers;
       assert.deepEqual(sandboxes(), [pod.id], "one runsc sandbox, started for the pod sandbox");
       assert.equal(cocoonShims(ctrd.address, "daemon").length, 1, "one shim daemon for the pod");
-
       const failed = await waitForExit(cri, quitter!.id, 20_000);
-      assert.deepEqual([failed.exitCode, failed.reason, failed.state], [7, "Error", ContainerState.CONTAINER_EXITED]);
-      await waitFor(() => readContainerLog(talker!.logPath).length >= 2 && readContainerLog(burner!.logPath).length >= 1, { timeoutMs: 20_000, what: "container logs" });
-      assert.deepEqual(readContainerLog(talker!.logPath).map((l) => `${l.stream}:${l.text}`).sort(), ["stderr:err-line", "stdout:out-line"]);
-      assert.deepEqual(readContainerLog(quitter!.logPath).map((l) => l.text), ["about to fail"]);
+      assert.equal(failed.exitCode, 7, "a container that joined the sandbox reports its own exit (runsc wait)");
 
       // Every container of the pod is in the same gVisor kernel: one boot, one hostname, one network.
-      const r = await exec(talker!.id, ["sh", "-c", "echo out; echo err >&2; exit 3"]);
-      assert.deepEqual(r, { stdout: "out\n", stderr: "err\n", exitCode: 3 });
       assert.match((await exec(burner!.id, ["sh", "-c", "dmesg | head -1"])).stdout, /Starting gVisor/);
       assert.equal((await exec(talker!.id, ["hostname"])).stdout, `${pod.name}\n`);
       const addrs = (await exec(burner!.id, ["ip", "-o", "-4", "addr"])).stdout;
       assert.ok(addrs.includes(` ${pod.ip}/`), `pod IP ${pod.ip} on an interface in the sandbox: ${addrs}`);
 
-      const { stats } = await cri.containerStats({ containerId: burner!.id });
-      assert.ok((stats?.cpu?.usageCoreNanoSeconds?.value ?? 0n) > 0n, `CPU usage ${stats?.cpu?.usageCoreNanoSeconds?.value}`);
-      assert.ok((stats?.memory?.workingSetBytes?.value ?? 0n) > 0n, `working set ${stats?.memory?.workingSetBytes?.value}`);
       await assert.rejects(cri.updateContainerResources({ containerId: talker!.id, linux: { memoryLimitInBytes: 100n << 20n } }), /runsc has no `update`/);
     } finally {
       await removePod(cri, pod.id);
     }
     await waitFor(() => sandboxes().length === 0 || undefined, { timeoutMs: 15_000, what: "the sandbox gone with the pod" });
     assert.deepEqual(cocoonShims(ctrd.address, "daemon"), []);
-  });
-
-  it("connects gVisor pods over the CNI bridge (TCP from one pod's IP to another's)", async () => {
-    // busybox httpd's replies do not arrive through runsc 20221219's host network here (the client's
-    // read fails with EAGAIN; README, gVisor mode limits), so the server is nc.
-    const server = await runPod("srv", [{ name: "nc", script: "while true; do echo pong | nc -l -p 9000; done" }]);
-    const client = await runPod("client", [{ name: "shell", script: "exec sleep 600" }]);
-    try {
-      assert.equal(sandboxes().length, 2, "one sandbox per pod");
-      const reply = await waitFor(
-        async () => {
-          const r = await exec(client.containers[0]!.id, ["sh", "-c", `echo ping | timeout 3 nc ${server.ip} 9000`]);
-          return r.exitCode === 0 && r.stdout ? r.stdout : undefined;
-        },
-        { timeoutMs: 30_000, intervalMs: 300, what: `nc on ${server.ip}:9000` },
-      );
-      assert.equal(reply, "pong\n");
-    } finally {
-      await removePod(cri, client.id);
-      await removePod(cri, server.id);
-    }
   });
 });
 

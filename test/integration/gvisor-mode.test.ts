@@ -67,32 +67,23 @@ describe("gVisor mode through containerd and ctr", { timeout: 300_000 }, () => {
     assert.deepEqual(left, []);
   });
 
-  it("runs a container in gVisor: output on both streams, exit codes, the platform probe logged", async () => {
-    const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("out"), "sh", "-c", "echo hello; echo err >&2; dmesg | head -1"]);
-    assert.equal(r.stderr, "err\n");
-    const [hello, dmesg] = r.stdout.split("\n");
-    assert.equal(hello, "hello");
-    assert.match(dmesg ?? "", /Starting gVisor/);
-    const r3 = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("exit"), "sh", "-c", "exit 3"], { allowFail: true });
-    assert.equal(r3.code, 3);
+  // Output, exit codes, signals, stdin, exec, TTY exec, pause/resume and metrics: modes-process and
+  // modes-control, for every mode. Here: what only gVisor mode does.
+  it("runs a container on gVisor's kernel; the platform probe is logged", async () => {
+    const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("out"), "sh", "-c", "dmesg | head -1"]);
+    assert.match(r.stdout, /Starting gVisor/);
     assert.match(ctrd.log(), /gVisor platform probe.*platform=(ptrace|kvm)/);
   });
 
-  it("exec (output, exit code, kill by signal), ps, pause/resume, metrics, checkpoint refused, SIGKILL of the init", async () => {
+  it("an exec is signalled inside the sandbox; metrics from runsc; checkpoint refused; SIGKILL of the init", async () => {
     const id = uid("life");
     await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
     assert.equal(sandboxes(root).length, 1, "one sandbox for the container");
-    const ex = await ctrd.ctr(["task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo in-exec; exit 4"], { allowFail: true });
-    assert.deepEqual([ex.stdout, ex.code], ["in-exec\n", 4]);
     // An exec is signalled inside the sandbox (runsc kill --pid), not through its host-side waiter.
     const long = ctrd.ctr(["task", "exec", "--exec-id", "e2", id, "sleep", "1000"], { allowFail: true });
     await waitFor(async () => (await ctrd.ctr(["task", "ps", id])).stdout.trim().split("\n").length >= 3 || undefined, { timeoutMs: 10_000, what: "two processes" });
     await ctrd.ctr(["task", "kill", "--exec-id", "e2", "-s", "SIGTERM", id]);
     assert.equal((await long).code, 143);
-    await ctrd.ctr(["task", "pause", id]);
-    assert.match(await taskState(id), /PAUSED/);
-    await ctrd.ctr(["task", "resume", id]);
-    assert.match(await taskState(id), /RUNNING/);
     const m = await ctrd.ctr(["task", "metrics", id]);
     assert.match(m.stdout, /memory\.usage_in_bytes\s+[1-9]\d*/);
     const cp = await ctrd.ctr(["task", "checkpoint", id], { allowFail: true });

@@ -13,7 +13,7 @@ import { readContainerLog, removePod, startPod, waitForExit, type RunningPod } f
 import { ContainerState } from "../../src/gen/cri/runtime/v1/api_pb.js";
 import type { Containerd } from "../helpers/containerd.js";
 import { startCriLabWith, stopCriLab } from "../helpers/cri.js";
-import { BUSYBOX_IMAGE, INDEX_HTML } from "../helpers/image.js";
+import { BUSYBOX_IMAGE } from "../helpers/image.js";
 import { snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { criRuntimesToml, modesUnderTest } from "../helpers/modes.js";
 import { cocoonShims } from "../helpers/procfs.js";
@@ -61,7 +61,8 @@ describe("a pod through the CRI, in every mode", { timeout: 1_200_000 }, () => {
   for (const mode of modes) {
     it(`${mode.name} mode (handler ${mode.handler}): logs, exit codes, exec, stats, one shim, pods reach each other, clean removal`, async () => {
       const web = await runPod(mode.handler, "web", [
-        { name: "httpd", script: "echo out-line; echo err-line >&2; echo 'second out'; exec httpd -f -p 8080 -h /var/www" },
+        // nc, not httpd: busybox httpd's replies do not arrive through the old runsc's host network (README, gVisor mode).
+        { name: "server", script: "echo out-line; echo err-line >&2; echo 'second out'; while true; do echo pong | nc -l -p 9000; done" },
         { name: "quitter", script: "echo about to fail; exit 7" },
       ]);
       let client: RunningPod | undefined;
@@ -89,16 +90,15 @@ describe("a pod through the CRI, in every mode", { timeout: 1_200_000 }, () => {
         assert.ok((stats?.memory?.workingSetBytes?.value ?? 0n) > 0n, `working set ${stats?.memory?.workingSetBytes?.value}`);
         assert.ok((stats?.cpu?.usageCoreNanoSeconds?.value ?? 0n) > 0n, `CPU usage ${stats?.cpu?.usageCoreNanoSeconds?.value}`);
 
-        // A second pod fetches the page from the first at its pod IP, over the CNI bridge.
+        // A second pod talks TCP to the first at its pod IP, over the CNI bridge.
         client = await runPod(mode.handler, "client", [{ name: "shell", script: "exec sleep 600" }]);
         assert.notEqual(client.ip, web.ip);
         const shell = client.containers[0]!.id;
-        const page = await waitFor(async () => {
-          // Not wget's own -T: Debian's busybox 1.35 wget crashes on it.
-          const w = await exec(shell, ["timeout", "5", "wget", "-qO-", `http://${web.ip}:8080/`]);
-          return w.exitCode === 0 ? w.stdout : undefined;
-        }, { timeoutMs: 60_000, intervalMs: 500, what: `httpd on ${web.ip}:8080 from another pod` });
-        assert.equal(page, INDEX_HTML);
+        const reply = await waitFor(async () => {
+          const r = await exec(shell, ["sh", "-c", `echo ping | timeout 5 nc ${web.ip} 9000`]);
+          return r.exitCode === 0 && r.stdout ? r.stdout : undefined;
+        }, { timeoutMs: 60_000, intervalMs: 500, what: `the server on ${web.ip}:9000 from another pod` });
+        assert.equal(reply, "pong\n");
         assert.equal(cocoonShims(ctrd.address, "daemon").length, 2, "one shim daemon per pod");
       } finally {
         if (client) await removePod(cri, client.id);
