@@ -1,11 +1,16 @@
 // Build: generate protobuf code, type-check and emit (tests run from the emitted JS), then bundle
 // each entry point into one file so that a shim `start` loads a single script.
 import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { build } from "esbuild";
 
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: "inherit" });
 run("node_modules/.bin/buf", ["generate"]);
 run("node_modules/.bin/tsc", ["-p", "."]);
+
+// The launcher script sources the names it shares with Node from here (docs/start-protocol.md).
+const { launcherFragment } = await import("../dist/js/src/shim/start-protocol.js");
+writeFileSync("dist/start-protocol.sh", launcherFragment());
 
 const entries = {
   "containerd-shim-cocoon-v2": "src/cli/shim-main.ts",
