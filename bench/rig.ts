@@ -3,14 +3,14 @@
 // Cocoon configs are chosen per container with `ctr run --runtime-config-path`, so all rows share
 // one containerd and one image store.
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join, posix } from "node:path";
 import { startContainerd, type Containerd } from "../test/helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../test/helpers/image.js";
 import { repoRoot, tmpdir } from "../test/helpers/util.js";
 import { liveDaemons } from "../src/shim/fast-start.js";
-import { liveSpares, spareKey } from "../src/shim/spare-pool.js";
+import { liveSpares, poolOf } from "../src/shim/spare-pool.js";
 import { findShims } from "./procmem.js";
 import type { Variant } from "./cli.js";
 
@@ -127,10 +127,12 @@ export async function startRig(variants: Variant[]): Promise<Rig> {
   const sockets = new Set<string>();
   const noSpareConfig = join(dir, "cocoon-main-pod-nospare.toml");
   writeFileSync(noSpareConfig, `mode = "runc"\ngrouping = "pod"\nspare_daemons = 0\nlog_level = "info"\n[runc]\nroot = "${join(dir, "runc-main")}"\n`);
-  const poolKey = spareKey(c.address, realpathSync(join(repoRoot, "bin")));
   return {
     ctrd: c, dir, runcV2, cocoon, variants: vs, noSpareConfig,
-    spares: () => liveSpares(poolKey),
+    spares: () => {
+      const key = poolOf(c.address);
+      return key ? liveSpares(key) : [];
+    },
     runArgs(rt, id, opts = {}) {
       const cfg = opts.config ? ["--runtime-config-path", opts.config] : rt.configs ? ["--runtime-config-path", rt.configs[opts.grouping ?? "pod"]] : [];
       const pod = opts.pod ? ["--annotation", `${POD_ANNOTATION}=${opts.pod}`] : [];

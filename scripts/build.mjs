@@ -12,6 +12,9 @@ run("node_modules/.bin/tsc", ["-p", "."]);
 const { guestAbiShell } = await import("../dist/js/src/core/guest-abi.js");
 mkdirSync("dist", { recursive: true });
 writeFileSync("dist/guest-abi.sh", guestAbiShell());
+// The launcher script sources the names it shares with Node from here (docs/start-protocol.md).
+const { launcherFragment } = await import("../dist/js/src/shim/start-protocol.js");
+writeFileSync("dist/start-protocol.sh", launcherFragment());
 
 const entries = {
   "containerd-shim-cocoon-v2": "src/cli/shim-main.ts",

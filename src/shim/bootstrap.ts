@@ -5,24 +5,14 @@ import { readStateFile, writeStateFile } from "./statefs.js";
 import type { Sys } from "../sys/types.js";
 import path from "node:path";
 import { readBootstrapParams, writeBootstrapResult } from "./options-wire.js";
-import { ensureStartDirs, fastStartKey, rememberStart } from "./fast-start.js";
+import { ensureStartDirs, rememberStart } from "./fast-start.js";
 import { SPARE_KEY_ENV, SPARE_WATCH_ENV, watchOf } from "./spare-pool.js";
+import { groupOf, launcherStartKeys, START_KEYS_ENV } from "./start-protocol.js";
 import { canConnect, socketPath, toAddress } from "./address.js";
 import { spawnChild } from "../sys/children.js";
 import type { CocoonConfig } from "./config.js";
 import type { ShimFlags } from "./flags.js";
 import { decodeOptions, decodeOptionsAny, resolveConfig, type RuntimeOptions } from "./options.js";
-
-/** Annotations that put containers in one shim, first match wins (CRI's pod id, runc's group). */
-export const GROUP_ANNOTATIONS = ["io.cocoon.group", "io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
-
-export function groupOf(annotations: Record<string, string> | undefined, id: string): string {
-  for (const k of GROUP_ANNOTATIONS) {
-    const v = annotations?.[k];
-    if (v) return v;
-  }
-  return id;
-}
 
 /** Socket of the daemon that serves this container: per pod, or one per node and config file. */
 export function daemonSocket(flags: ShimFlags, cfg: CocoonConfig, annotations: Record<string, string> | undefined, socketDir?: string): string {
@@ -148,9 +138,9 @@ export function planStart(flags: ShimFlags, bundle: string, stdin: Uint8Array, e
   const sock = daemonSocket(flags, cfg, annotations, input.socketDir);
   const address = toAddress(sock);
   // The launcher's fast path only speaks containerd 1.6's plain-address reply. With node grouping
-  // the address does not depend on the container, so the memo's group is empty.
-  const memoGroup = cfg.grouping === "node" ? "" : groupOf(annotations, flags.id);
-  if (input.protocol === "legacy") rememberStart(fastStartKey(flags.address, flags.namespace, memoGroup, stdin), address);
+  // the address does not depend on the container's group: the launcher's key for that leaves it out.
+  const keys = launcherStartKeys(env);
+  if (keys && input.protocol === "legacy") rememberStart(cfg.grouping === "node" ? keys.node : keys.pod, address);
   return { bundle, input, cfg, sock, address };
 }
 
@@ -190,12 +180,14 @@ export async function startCommand(sys: Sys, flags: ShimFlags, daemonArgv: strin
     // exit, and the kernel queues that connection until the daemon accepts it.
     const spareKey = process.env[SPARE_KEY_ENV];
     const watch = spareKey ? watchOf(process.ppid) : undefined;
+    // The launcher's memo keys were for this start only.
+    const { [START_KEYS_ENV]: _keys, ...env } = process.env;
     const child = spawnChild(process.execPath, [...process.execArgv, ...daemonArgv], {
       cwd: bundle,
       detached: true,
       stdio: ["ignore", "ignore", "ignore", fd],
       env: {
-        ...process.env,
+        ...env,
         ...(input.ttrpcAddress ? { TTRPC_ADDRESS: input.ttrpcAddress } : {}),
         // The daemon tops up the spare pool for the launcher that ran us (containerd = our parent).
         ...(watch ? { [SPARE_WATCH_ENV]: watch } : {}),

@@ -1,17 +1,18 @@
 // A memo that lets the launcher script answer `start` without starting Node when the container's
 // daemon already runs (the second and later containers of a pod, every container with node
-// grouping): Node's own start-up costs more than runc-v2's whole `start`. The Node path records
-// "these inputs led to this address" and each daemon records its pid; the launcher recomputes the
-// same key with sha256sum and trusts the memo only while that daemon is alive and owns the socket.
-// A daemon's record is "<pid> <start time> <socket>", so that a reused pid never passes for it.
-import { createHash } from "node:crypto";
+// grouping): Node's own start-up costs more than runc-v2's whole `start`. The launcher computes the
+// memo keys and passes them to Node (start-protocol.ts), which records "this key led to this
+// address"; each daemon records its pid, and the launcher trusts a memo only while that daemon is
+// alive and owns the socket. A daemon's record is "<pid> <start time> <socket>", so that a reused pid
+// never passes for it. docs/start-protocol.md has the whole protocol.
 import { lstatSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { procStat } from "../sys/procstat.js";
+import { DEFAULT_RUN_DIR, RUN_DIR_ENV, RUN_SUBDIRS } from "./start-protocol.js";
 import { ensurePrivateDir, isPrivateDir, readStateFileOrUndefined, writeStateFile } from "./statefs.js";
 
 /** Root's alone (0700, checked): the launcher trusts what it finds here only after checking that too. */
-export const RUN_DIR = process.env["COCOON_RUN_DIR"] || "/run/cocoon";
+export const RUN_DIR = process.env[RUN_DIR_ENV] || DEFAULT_RUN_DIR;
 
 /** Whether RUN_DIR exists and is root's alone (nothing in it can be another user's). */
 export function runDirTrusted(): boolean {
@@ -26,48 +27,48 @@ export function runSubdir(...names: string[]): string {
   return dir;
 }
 
-/** sha256 of "<address>\n<namespace>\n<group>\n" followed by the raw `start` stdin (the options). */
-export function fastStartKey(address: string, namespace: string, group: string, stdin: Uint8Array): string {
-  return createHash("sha256").update(`${address}\n${namespace}\n${group}\n`).update(stdin).digest("hex");
-}
-
 /**
  * Where the launcher keeps one `start`'s stdin and key inputs while it hashes them
  * ("<its pid>.in|.pod|.node|.pool"). It only uses RUN_DIR once this made both root's alone.
  */
 export function ensureStartDirs() {
-  runSubdir("start");
+  runSubdir(RUN_SUBDIRS.start);
 }
 
 /** Removes the inputs of launchers that were killed before they could (their pid is gone). */
 export function sweepStartInputs() {
-  const dir = path.join(RUN_DIR, "start");
+  const dir = path.join(RUN_DIR, RUN_SUBDIRS.start);
   for (const n of listNames(dir)) {
     const pid = Number(n.split(".")[0]);
     if (!Number.isInteger(pid) || pid <= 0 || processStartTime(pid) === undefined) rmSync(path.join(dir, n), { force: true });
   }
 }
 
+/** Records that the launcher's memo key `key` leads to `address`. */
 export function rememberStart(key: string, address: string) {
   try {
-    writeStateFile(path.join(runSubdir("start-cache"), key), address);
+    writeStateFile(path.join(runSubdir(RUN_SUBDIRS.memos), key), address);
   } catch {
     // Only an optimisation: the next start takes the Node path again.
   }
 }
 
 export function daemonPidFile(socket: string): string {
-  return path.join(RUN_DIR, "daemons", path.basename(socket));
+  return path.join(RUN_DIR, RUN_SUBDIRS.daemons, path.basename(socket));
 }
 
-/** Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, it names one process for good. */
+/**
+ * Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid, it names one process for good.
+ * Undefined for a process that is gone, a zombie included (a killed daemon stays one until reaped).
+ */
 export function processStartTime(pid: number): string | undefined {
-  return procStat(pid)?.startTime;
+  const st = procStat(pid);
+  return st && st.state !== "Z" && st.state !== "X" ? st.startTime : undefined;
 }
 
 export function recordDaemon(socket: string) {
   try {
-    runSubdir("daemons");
+    runSubdir(RUN_SUBDIRS.daemons);
     writeStateFile(daemonPidFile(socket), `${process.pid} ${processStartTime(process.pid) ?? "?"} ${socket}`);
   } catch {}
 }
@@ -81,7 +82,7 @@ interface DaemonRecord {
 }
 
 function daemonRecords(): DaemonRecord[] {
-  const dir = path.join(RUN_DIR, "daemons");
+  const dir = path.join(RUN_DIR, RUN_SUBDIRS.daemons);
   const out: DaemonRecord[] = [];
   for (const n of listNames(dir)) {
     const text = readStateFileOrUndefined(path.join(dir, n));
@@ -104,7 +105,7 @@ export function liveDaemons(): Map<number, string> {
 /** On exit: no memo may point at this daemon any more. */
 export function forgetDaemon(socket: string) {
   rmSync(daemonPidFile(socket), { force: true });
-  const dir = path.join(RUN_DIR, "start-cache");
+  const dir = path.join(RUN_DIR, RUN_SUBDIRS.memos);
   const address = `unix://${socket}`;
   for (const n of listNames(dir)) {
     if (readStateFileOrUndefined(path.join(dir, n)) === address) rmSync(path.join(dir, n), { force: true });
@@ -123,7 +124,7 @@ export function sweepDeadDaemons(now = Date.now()) {
     if (r.alive) live.add(path.basename(r.file));
     else rmSync(r.file, { force: true });
   }
-  const memos = path.join(RUN_DIR, "start-cache");
+  const memos = path.join(RUN_DIR, RUN_SUBDIRS.memos);
   for (const n of listNames(memos)) {
     const file = path.join(memos, n);
     try {

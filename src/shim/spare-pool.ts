@@ -1,30 +1,25 @@
 // The pool of spare daemons (see spare.ts): where idle spares register so that the launcher script can
-// claim one with a rename, and how a daemon tops the pool up. A pool is per key, the launcher's
-// sha256 of "<containerd address>\n<launcher dir>\n", so a spare only serves the containerd and the
-// install it was started for.
+// claim one, and how a daemon tops the pool up. A pool is per key, which the launcher computes from
+// containerd's address and its own install (docs/start-protocol.md) and passes down in
+// SPARE_KEY_ENV, so a spare only serves the containerd and the install it was started for.
 //
 //   $RUN_DIR/spares/<key>/<pid>-<start>/          a spare: FIFOs `req` (it reads) and `reply`; the
 //                                                 launcher that creates `claim` (O_EXCL) has it
 //   $RUN_DIR/spares/<key>/.new-<pid>-<start>/     being built by the spare, renamed when complete
 //   $RUN_DIR/spares/<key>.starting                pid of the spare being booted (one at a time)
-import { createHash } from "node:crypto";
-import { closeSync, constants, existsSync, lstatSync, openSync, readdirSync, rmdirSync, rmSync, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, writeSync } from "node:fs";
 import path from "node:path";
 import { spawnChild } from "../sys/children.js";
 import { processStartTime, RUN_DIR, runSubdir } from "./fast-start.js";
+import { RUN_SUBDIRS, SPARE_FILES, SPARE_KEY_ENV, START_KEYS_ENV } from "./start-protocol.js";
 import { readStateFileOrUndefined } from "./statefs.js";
 
-export const SPARES_DIR = path.join(RUN_DIR, "spares");
+export const SPARES_DIR = path.join(RUN_DIR, RUN_SUBDIRS.spares);
 
 /** Environment of a spare (and of daemons, which top the pool up): its pool, containerd, pool size. */
-export const SPARE_KEY_ENV = "COCOON_SPARE_KEY";
+export { SPARE_KEY_ENV };
 export const SPARE_WATCH_ENV = "COCOON_SPARE_WATCH";
 export const SPARE_WANT_ENV = "COCOON_SPARE_WANT";
-
-/** The pool key as the launcher computes it (sh: printf '%s\n%s\n' "$address" "$d" | sha256sum). */
-export function spareKey(containerdAddress: string, launcherDir: string): string {
-  return createHash("sha256").update(`${containerdAddress}\n${launcherDir}\n`).digest("hex");
-}
 
 export const isSpareKey = (k: string | undefined): k is string => !!k && /^[0-9a-f]{64}$/.test(k);
 export const poolDir = (key: string) => path.join(SPARES_DIR, key);
@@ -64,9 +59,35 @@ export function liveSpares(key: string): number[] {
   for (const n of names) {
     const pid = parseSpareName(spareOfEntry(n));
     if (!pid) rmSync(path.join(poolDir(key), n), { recursive: true, force: true });
-    else if (!n.startsWith(".") && !existsSync(path.join(poolDir(key), n, "claim"))) out.push(pid);
+    else if (!n.startsWith(".") && !existsSync(path.join(poolDir(key), n, SPARE_FILES.claim))) out.push(pid);
   }
   return out;
+}
+
+/**
+ * The pool that serves this containerd, found through a spare registered in it (its argv names the
+ * containerd): the key is the launcher's to compute, and only it does. Undefined while no spare is there.
+ */
+export function poolOf(containerdAddress: string): string | undefined {
+  const list = (dir: string) => {
+    try {
+      return readdirSync(dir);
+    } catch {
+      return [];
+    }
+  };
+  for (const key of list(SPARES_DIR).filter(isSpareKey)) {
+    for (const n of list(poolDir(key))) {
+      const pid = parseSpareName(spareOfEntry(n));
+      let argv: string[] = [];
+      try {
+        argv = pid ? readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0") : [];
+      } catch {}
+      const i = argv.indexOf("-address");
+      if (i >= 0 && argv[i + 1] === containerdAddress) return key;
+    }
+  }
+  return undefined;
 }
 
 /** Whether a spare of this pool is booting now: the marker names a live process, or was just made. */
@@ -148,6 +169,7 @@ export function topUpSpares(t: TopUp): number {
     const env: NodeJS.ProcessEnv = { ...t.env, [SPARE_KEY_ENV]: t.key, [SPARE_WATCH_ENV]: t.watch, [SPARE_WANT_ENV]: String(t.want) };
     delete env["COCOON_OPTIONS"];
     delete env["COCOON_SOCKET"];
+    delete env[START_KEYS_ENV];
     // Detached, no stdio, cwd /: like a daemon, it must hold nothing of whoever started it.
     const child = spawnChild(process.execPath, [...t.nodeArgs, "-address", t.address, "spare"], { cwd: "/", detached: true, stdio: "ignore", env });
     child.unref();

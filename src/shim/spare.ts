@@ -4,11 +4,12 @@
 // start-up is left on containerd's critical path. Anything else (a live daemon already serves the
 // group, an error) it answers and goes back to waiting.
 //
-// Protocol (the launcher side is plain sh, see bin/containerd-shim-cocoon-v2): the launcher claims
-// our registration dir (spare-pool.ts) by creating `claim` in it exclusively, writes its argv
-// (NUL-separated) to `argv` there, and its pid as one line into our `req` FIFO. Its environment, cwd (the bundle),
-// stdin (fd 3, a copy of containerd's) and parent (containerd) we read from /proc. We answer with
-// one line on the `reply` FIFO, which the launcher reads under `timeout`:
+// Protocol (docs/start-protocol.md; names in start-protocol.ts; the launcher side is plain sh, see
+// bin/containerd-shim-cocoon-v2): the launcher claims our registration dir (spare-pool.ts) by
+// creating `claim` in it exclusively, writes its argv (NUL-separated) to `argv` there, and one line
+// "<its pid> <pod memo key> <node memo key>" into our `req` FIFO. Its environment, cwd (the
+// bundle), stdin (fd 3, a copy of containerd's) and parent (containerd) we read from /proc. We
+// answer with one line on the `reply` FIFO, which the launcher reads under `timeout`:
 //   "ok <address>"      print the address, exit 0 (the address file is written)
 //   "error <text>"      print the text, exit 1
 //   "fallback"          run the Node `start` as if there were no spare
@@ -22,6 +23,7 @@ import { adjustOomScore, bindDaemonSocket, joinCgroup, parseStartInput, planStar
 import { parseConfig } from "./config.js";
 import type { DaemonHandoff } from "./daemon.js";
 import { processStartTime, runSubdir } from "./fast-start.js";
+import { SPARE_FILES, SPARE_REPLY, SPARE_REPLY_TIMEOUT_S, START_KEYS_ENV } from "./start-protocol.js";
 import { readStateFile } from "./statefs.js";
 import { parseShimFlags, type ShimFlags } from "./flags.js";
 import {
@@ -40,8 +42,8 @@ const POLL_MS = 250;
 const IDLE_EXIT_MS = 10 * 60_000;
 /** A claim without a request: its launcher died between the two. */
 const CLAIM_GRACE_MS = 3_000;
-/** How long we wait for the launcher to open the reply FIFO (it reads under a `timeout` of its own). */
-const REPLY_WAIT_MS = 3_000;
+/** How long we wait for the launcher to open the reply FIFO (it reads under the same `timeout`). */
+const REPLY_WAIT_MS = SPARE_REPLY_TIMEOUT_S * 1000;
 
 interface Request {
   argv: string[];
@@ -71,7 +73,7 @@ function parseEnviron(bytes: Buffer): NodeJS.ProcessEnv {
 
 /** What the launcher (pid `pid`) asks: its own argv file, and the rest from its /proc entry. */
 function readRequest(pid: number, claim: string): Request {
-  const argv = (readStateFile(path.join(claim, "argv")) ?? "").split("\0");
+  const argv = (readStateFile(path.join(claim, SPARE_FILES.argv)) ?? "").split("\0");
   if (argv[argv.length - 1] === "") argv.pop();
   const stat = procStat(pid);
   if (!stat) throw new Error(`the launcher (pid ${pid}) is gone`);
@@ -160,9 +162,9 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
         rmSync(tmp, { recursive: true, force: true });
         runSubdir("spares", key);
         mkdirSync(tmp, { mode: 0o700 });
-        execFileSync("mkfifo", ["-m", "600", path.join(tmp, "req"), path.join(tmp, "reply")], { stdio: "ignore" });
+        execFileSync("mkfifo", ["-m", "600", path.join(tmp, SPARE_FILES.req), path.join(tmp, SPARE_FILES.reply)], { stdio: "ignore" });
         // Read-write, so that it never reports EOF and a writer never blocks on open.
-        const fd = openSync(path.join(tmp, "req"), constants.O_RDWR | constants.O_NONBLOCK);
+        const fd = openSync(path.join(tmp, SPARE_FILES.req), constants.O_RDWR | constants.O_NONBLOCK);
         fifo = new net.Socket({ fd, readable: true, writable: false });
         let buf = "";
         fifo.on("data", (d) => {
@@ -186,17 +188,20 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
   };
 
   const onRequest = async (line: string) => {
-    const pid = Number(line.trim());
+    const [pidText, ...keys] = line.trim().split(" ");
+    const pid = Number(pidText);
     if (!Number.isInteger(pid) || pid <= 0) return;
     state = "busy";
-    let reply = "fallback";
+    let reply: string = SPARE_REPLY.fallback;
     let becoming: Becoming | undefined;
     try {
       const req = readRequest(pid, regDir);
+      // /proc shows the environment the launcher was started with, not what it exported since.
+      req.env[START_KEYS_ENV] = keys.join(" ");
       ({ reply, becoming } = await serve(req));
     } catch (err) {
       // As the Node path prints it (shim-main.ts): containerd shows this as the reason.
-      reply = `error containerd-shim-cocoon-v2: ${(err as Error).message}`;
+      reply = `${SPARE_REPLY.error} containerd-shim-cocoon-v2: ${(err as Error).message}`;
     }
     await sendReply(regDir, reply);
     if (becoming) return become(becoming);
@@ -207,8 +212,8 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
   /** Back to the pool, same dir and FIFOs: the request's files go, the claim last. */
   const release = () => {
     if (!existsSync(regDir)) return quit();
-    rmSync(path.join(regDir, "argv"), { force: true });
-    rmSync(path.join(regDir, "claim"), { force: true });
+    rmSync(path.join(regDir, SPARE_FILES.argv), { force: true });
+    rmSync(path.join(regDir, SPARE_FILES.claim), { force: true });
     idleSince = Date.now();
     claimedSince = 0;
     state = "idle";
@@ -219,14 +224,14 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
     try {
       reqFlags = parseShimFlags(req.argv);
     } catch {
-      return { reply: "fallback" };
+      return { reply: SPARE_REPLY.fallback };
     }
     // Only the containerd we watch: another one's request goes the ordinary way.
-    if (reqFlags.action !== "start" || reqFlags.version || reqFlags.address !== flags.address) return { reply: "fallback" };
+    if (reqFlags.action !== "start" || reqFlags.version || reqFlags.address !== flags.address) return { reply: SPARE_REPLY.fallback };
     replaceEnv(req.env);
     const plan = planStart(reqFlags, req.bundle, req.stdin);
     // containerd 2.x wants a protobuf reply the launcher does not relay; spare_daemons = 0 means none for this config.
-    if (plan.input.protocol !== "legacy" || plan.cfg.spareDaemons === 0) return { reply: "fallback" };
+    if (plan.input.protocol !== "legacy" || plan.cfg.spareDaemons === 0) return { reply: SPARE_REPLY.fallback };
     const fd = await bindDaemonSocket(deps.sys, plan.sock);
     try {
       writeAddressFile(plan.bundle, plan.address);
@@ -238,7 +243,7 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
       }
       throw err;
     }
-    const reply = `ok ${plan.address}`;
+    const reply = `${SPARE_REPLY.ok} ${plan.address}`;
     if (fd === "reused") return { reply };
     return {
       reply,
@@ -281,7 +286,7 @@ export async function runSpare(flags: ShimFlags, deps: SpareDeps): Promise<void>
     if (!watchAlive(watch) || !existsSync(flags.address) || Date.now() - idleSince > IDLE_EXIT_MS) return quit();
     // Someone removed our dir: nobody can claim us any more.
     if (!existsSync(regDir)) return quit();
-    if (!existsSync(path.join(regDir, "claim"))) claimedSince = 0;
+    if (!existsSync(path.join(regDir, SPARE_FILES.claim))) claimedSince = 0;
     else if (!claimedSince) claimedSince = Date.now();
     else if (Date.now() - claimedSince > CLAIM_GRACE_MS) release();
   }, POLL_MS);
@@ -304,7 +309,7 @@ async function sendReply(claim: string, text: string): Promise<boolean> {
   for (;;) {
     let fd: number;
     try {
-      fd = openSync(path.join(claim, "reply"), constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+      fd = openSync(path.join(claim, SPARE_FILES.reply), constants.O_WRONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "ENXIO" || Date.now() > deadline) return false;
       await sleep(2);

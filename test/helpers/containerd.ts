@@ -1,24 +1,20 @@
 // A private containerd for integration tests: its own root, state and sockets under a temp dir, torn down
 // completely by stop(). It never uses /run/containerd or /var/lib/containerd, except that shims (runc's and
 // ours) put their sockets in the hard-coded /run/containerd/s/, which stop() cleans up after.
-import { canConnect } from "../../src/shim/address.js";
-import { spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, unlinkSync } from "node:fs";
 import { tmpdir as osTmpdir } from "node:os";
-import { basename, join, posix } from "node:path";
+import { basename, join } from "node:path";
 import type { CniNetwork } from "../../src/cli/lab/cni.js";
-import { privateContainerdConfig, renderContainerdConfig } from "../../src/cli/lab/containerd-config.js";
+import { CTR_BIN, launchPrivateContainerd, listDir, privateContainerdPaths, SHIM_SOCKET_DIR, taskShimSockets, type PrivateContainerd } from "../../src/cli/lab/containerd.js";
+import type { PrivateContainerdPaths } from "../../src/cli/lab/containerd-config.js";
+import { socketPath } from "../../src/shim/address.js";
 import { HARNESS_CNI_BIN_DIR, setupHarnessCni, teardownHarnessCni } from "./cni.js";
 import { describeMount, describeProcess, isAlive, isUnder, listProcesses, readMountinfo, withDescendants } from "./procfs.js";
-import { repoRoot, run, settlesWithin, sleep, tailLines, tmpdir, type RunResult } from "./util.js";
+import { repoRoot, run, sleep, tmpdir, type RunResult } from "./util.js";
 
-export const CONTAINERD_BIN = "/usr/bin/containerd";
-export const CTR_BIN = "/usr/bin/ctr";
+export { CTR_BIN, SHIM_SOCKET_DIR };
 /** Every harness dir is `<os tmpdir>/cocoon-ctrd-XXXXXX`; the leak checker recognises them by this prefix. */
 export const HARNESS_DIR_PREFIX = join(osTmpdir(), "cocoon-ctrd-");
-/** Where shims put their sockets, whatever containerd's configured state dir is. */
-export const SHIM_SOCKET_DIR = "/run/containerd/s";
 export const DEFAULT_NAMESPACE = "default";
 /** The namespace the CRI plugin keeps its images and containers in. */
 export const CRI_NAMESPACE = "k8s.io";
@@ -100,74 +96,31 @@ export const ownHarnessDirs = new Set<string>();
 /** Pids of harness containerds that are running, so the leak checker does not report them. */
 export const liveContainerdPids = new Set<number>();
 
-process.on("exit", () => {
-  // Last resort when a test process dies without calling stop(): do not leave daemons behind.
-  for (const pid of liveContainerdPids) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-});
 
-interface Layout {
+/** The private containerd's paths, and the FIFO and runc-state dirs ctr is told to use. */
+interface Layout extends PrivateContainerdPaths {
   dir: string;
-  root: string;
-  state: string;
-  address: string;
-  ttrpcAddress: string;
   fifoDir: string;
   runcRoot: string;
 }
 
-function buildConfig(l: Layout, opts: StartOptions): string {
-  const cfg = privateContainerdConfig(
-    { root: l.root, state: l.state, temp: join(l.dir, "tmp"), opt: join(l.dir, "opt"), address: l.address, ttrpcAddress: l.ttrpcAddress },
-    {
-      logLevel: opts.debug ? "debug" : "info",
-      ...(opts.cri
-        ? {
-            cri: {
-              sandboxImage: CRI_SANDBOX_IMAGE,
-              disableApparmor: true,
-              cniBinDir: opts.cni ? HARNESS_CNI_BIN_DIR : join(l.dir, "cni", "bin"),
-              cniConfDir: join(l.dir, "cni", "conf"),
-              defaultRuntime: "runc",
-              runtimes: {
-                runc: { runtimeType: "io.containerd.runc.v2", options: { Root: l.runcRoot } },
-                cocoon: { runtimeType: "io.containerd.cocoon.v2" },
-              },
-            },
-          }
-        : {}),
+/** The CRI settings of a harness containerd: runc by default, Cocoon as a second handler. */
+function criSettings(l: Layout, opts: StartOptions) {
+  return {
+    sandboxImage: CRI_SANDBOX_IMAGE,
+    disableApparmor: true,
+    cniBinDir: opts.cni ? HARNESS_CNI_BIN_DIR : join(l.dir, "cni", "bin"),
+    cniConfDir: join(l.dir, "cni", "conf"),
+    defaultRuntime: "runc",
+    runtimes: {
+      runc: { runtimeType: "io.containerd.runc.v2", options: { Root: l.runcRoot } },
+      cocoon: { runtimeType: "io.containerd.cocoon.v2" },
     },
-  );
-  return renderContainerdConfig(cfg, opts.extraConfig);
+  };
 }
-
 
 /** The socket name shims derive from containerd's address, the namespace and the container (or group) id. */
-export function shimSocketPath(address: string, namespace: string, id: string): string {
-  const hex = createHash("sha256").update(posix.join(address, namespace, id)).digest("hex");
-  return join(SHIM_SOCKET_DIR, hex);
-}
-
-function listDir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}
-
-function isSocket(path: string): boolean {
-  try {
-    return statSync(path).isSocket();
-  } catch {
-    return false;
-  }
-}
+export const shimSocketPath = (address: string, namespace: string, id: string) => socketPath(address, [namespace, id], SHIM_SOCKET_DIR);
 
 const TASK_SUBCOMMANDS = new Set(["tasks", "task", "t"]);
 
@@ -194,35 +147,17 @@ function withPrivateDirs(args: string[], l: Layout): string[] {
 export async function startContainerd(opts: StartOptions = {}): Promise<Containerd> {
   const dir = tmpdir("cocoon-ctrd-");
   ownHarnessDirs.add(dir);
-  const layout: Layout = {
-    dir,
-    root: join(dir, "root"),
-    state: join(dir, "state"),
-    address: join(dir, "containerd.sock"),
-    ttrpcAddress: join(dir, "containerd.sock.ttrpc"),
-    fifoDir: join(dir, "fifo"),
-    runcRoot: join(dir, "runc"),
-  };
-  for (const d of ["root", "state", "tmp", "opt", "fifo", "runc", "cni/bin", "cni/conf"]) mkdirSync(join(dir, d), { recursive: true });
-  const configPath = join(dir, "config.toml");
-  const logPath = join(dir, "containerd.log");
+  const layout: Layout = { ...privateContainerdPaths(dir), dir, fifoDir: join(dir, "fifo"), runcRoot: join(dir, "runc") };
+  for (const d of ["fifo", "runc", "cni/bin", "cni/conf"]) mkdirSync(join(dir, d), { recursive: true });
 
-  let child: ChildProcess | undefined;
-  let exited: Promise<void> = Promise.resolve();
+  let ctrd: PrivateContainerd | undefined;
   let savedLog: string | undefined;
   let stopping: Promise<StopReport> | undefined;
   let network: CniNetwork | undefined;
   const leftovers: string[] = [];
 
-  const log = (): string => {
-    if (savedLog !== undefined) return savedLog;
-    try {
-      return readFileSync(logPath, "utf8");
-    } catch {
-      return "";
-    }
-  };
-  const logTail = (n = 60) => tailLines(log(), n);
+  const log = (): string => savedLog ?? ctrd?.log() ?? "";
+  const logTail = (n = 60) => ctrd?.logTail(n) ?? "";
 
   const ctr = async (args: string[], o: CtrOptions = {}): Promise<RunResult> => {
     const full = ["--address", layout.address, "-n", o.namespace ?? DEFAULT_NAMESPACE, ...(o.raw ? args : withPrivateDirs(args, layout))];
@@ -243,18 +178,7 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
     for (const m of log().matchAll(/msg="starting signal loop" namespace=(\S+) path=(\S+)/g)) {
       found.add(shimSocketPath(layout.address, m[1]!, basename(m[2]!)));
     }
-    const taskRoot = join(layout.state, "io.containerd.runtime.v2.task");
-    for (const ns of listDir(taskRoot)) {
-      for (const id of listDir(join(taskRoot, ns))) {
-        found.add(shimSocketPath(layout.address, ns, id));
-        try {
-          const addr = readFileSync(join(taskRoot, ns, id, "address"), "utf8").trim();
-          if (addr.startsWith("unix://")) found.add(addr.slice("unix://".length));
-        } catch {
-          // no address file
-        }
-      }
-    }
+    for (const s of taskShimSockets(layout)) found.add(s);
     return found;
   };
 
@@ -286,20 +210,16 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
 
   const stopImpl = async (): Promise<StopReport> => {
     const sockets = ourShimSockets();
-    const wasRunning = !!child?.pid && child.exitCode === null && child.signalCode === null && isAlive(child.pid);
-    if (child && wasRunning) {
+    const wasRunning = !!ctrd?.running() && isAlive(ctrd.pid);
+    if (ctrd && wasRunning) {
       try {
         for (const s of await teardownTasks()) sockets.add(s);
       } catch {
         // containerd may be wedged; the forced cleanup below still runs
       }
-      child.kill("SIGTERM");
-      if (!(await settlesWithin(exited, 5_000))) {
-        child.kill("SIGKILL");
-        await exited;
-      }
     }
-    if (child?.pid) liveContainerdPids.delete(child.pid);
+    await ctrd?.stop(5_000);
+    if (ctrd) liveContainerdPids.delete(ctrd.pid);
 
     // Shims exit shortly after their last task is deleted; give them a moment before calling them leaks.
     // Without a graceful teardown (containerd had died) nothing told them to exit, so do not wait.
@@ -373,51 +293,16 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
 
   try {
     if (opts.cri && opts.cni) network = await setupHarnessCni(dir);
-    writeFileSync(configPath, buildConfig(layout, opts));
-    const pathPrepend = opts.pathPrepend ?? [join(repoRoot, "bin")];
-    const env = {
-      ...process.env,
-      ...opts.env,
-      PATH: [...pathPrepend, process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"].join(":"),
-    };
-    const logFd = openSync(logPath, "a");
-    try {
-      child = spawn(CONTAINERD_BIN, ["--config", configPath], { stdio: ["ignore", logFd, logFd], env, cwd: dir });
-    } finally {
-      closeSync(logFd);
-    }
-    const c = child;
-    // A failed spawn emits "error" and no "exit".
-    exited = new Promise((resolve) => {
-      c.once("exit", () => resolve());
-      c.once("error", () => resolve());
+    ctrd = await launchPrivateContainerd({
+      dir,
+      logLevel: opts.debug ? "debug" : "info",
+      ...(opts.cri ? { cri: criSettings(layout, opts) } : {}),
+      extraConfig: opts.extraConfig,
+      pathPrepend: opts.pathPrepend ?? [join(repoRoot, "bin")],
+      env: opts.env,
+      startTimeoutMs: opts.startTimeoutMs ?? 15_000,
     });
-    let spawnError: Error | undefined;
-    c.once("error", (e) => (spawnError = e));
-    if (c.pid) liveContainerdPids.add(c.pid);
-
-    const timeoutMs = opts.startTimeoutMs ?? 15_000;
-    const deadline = Date.now() + timeoutMs;
-    let failure: string | undefined;
-    for (;;) {
-      if (c.exitCode !== null || c.signalCode !== null) {
-        failure = `containerd exited (${c.exitCode ?? c.signalCode}) before listening`;
-        break;
-      }
-      if (spawnError) {
-        failure = `cannot run ${CONTAINERD_BIN}: ${spawnError.message}`;
-        break;
-      }
-      // The CRI service answers only once it has finished initialising, just after it logs this line.
-      const criReady = !opts.cri || log().includes("msg=\"Start streaming server\"");
-      if (criReady && isSocket(layout.address) && isSocket(layout.ttrpcAddress) && (await canConnect(layout.address, 1000))) break;
-      if (Date.now() > deadline) {
-        failure = `containerd did not become ready on ${layout.address} within ${timeoutMs} ms`;
-        break;
-      }
-      await sleep(50);
-    }
-    if (failure) throw new Error(`startContainerd in ${dir}: ${failure}\n--- containerd log (tail) ---\n${logTail(60)}`);
+    liveContainerdPids.add(ctrd.pid);
   } catch (e) {
     await stop();
     throw e;
@@ -429,9 +314,9 @@ export async function startContainerd(opts: StartOptions = {}): Promise<Containe
     state: layout.state,
     address: layout.address,
     ttrpcAddress: layout.ttrpcAddress,
-    configPath,
-    logPath,
-    pid: child.pid!,
+    configPath: ctrd.configPath,
+    logPath: ctrd.logPath,
+    pid: ctrd.pid,
     fifoDir: layout.fifoDir,
     runcRoot: layout.runcRoot,
     ctr,

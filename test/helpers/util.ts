@@ -108,21 +108,4 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
   });
 }
 
-/** Returns the last `n` lines of `text`. */
-export function tailLines(text: string, n: number): string {
-  const lines = text.split("\n");
-  if (lines.length && lines[lines.length - 1] === "") lines.pop();
-  return lines.slice(-n).join("\n");
-}
-
-/** Resolves true if `p` settles within `ms`, false otherwise; leaves no timer behind either way. */
-export function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    const done = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    p.then(done, done);
-  });
-}
+export { settlesWithin, tailLines } from "../../src/cli/lab/containerd.js";

@@ -120,7 +120,7 @@ describe("harness: failed start", { timeout: 30_000 }, () => {
     );
     assert.match(err.message, /containerd exited/);
     assert.match(err.message, /containerd log \(tail\)/);
-    const dir = /startContainerd in (\S+):/.exec(err.message)?.[1];
+    const dir = /private containerd in (\S+):/.exec(err.message)?.[1];
     assert.ok(dir, err.message);
     assert.equal(existsSync(dir), false);
     await assertNoLeaks(host);

@@ -2,11 +2,11 @@
 // spare that becomes its daemon; the pool refills, falls back to Node when a spare is dead or hung,
 // honours spare_daemons = 0 and node grouping, and a spare never outlives its containerd.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
-import { parseSpareName, poolDir, spareKey, SPARES_DIR } from "../../src/shim/spare-pool.js";
+import { parseSpareName, poolDir, poolOf, SPARES_DIR } from "../../src/shim/spare-pool.js";
 import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
@@ -18,11 +18,8 @@ const RT = ["--runtime", "io.containerd.cocoon.v2"];
 const POD = "io.kubernetes.cri.sandbox-id";
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
-/** The launcher's directory as it computes it (readlink -f), part of the pool key. */
-const LAUNCHER_DIR = realpathSync(path.join(repoRoot, "bin"));
-
-/** The pool the launcher uses for this containerd. */
-const poolKey = (address: string) => spareKey(address, LAUNCHER_DIR);
+/** The pool the launcher uses for this containerd (found through a registered spare). */
+const poolKey = (address: string) => poolOf(address) ?? "";
 
 function listDir(dir: string): string[] {
   try {
@@ -34,7 +31,8 @@ function listDir(dir: string): string[] {
 
 /** Idle spares registered in this containerd's pool (live ones). */
 function registeredSpares(ctrd: Containerd): number[] {
-  return listDir(poolDir(poolKey(ctrd.address))).map(parseSpareName).filter((p): p is number => !!p);
+  const key = poolKey(ctrd.address);
+  return key ? listDir(poolDir(key)).map(parseSpareName).filter((p): p is number => !!p) : [];
 }
 
 /** Waits for exactly one registered spare (the pool's default size) and returns its pid. */

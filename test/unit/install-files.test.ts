@@ -45,6 +45,7 @@ function fakeSource(root: string) {
   w("dist/containerd-shim-cocoon-v2-full.cjs", "// full shim bundle\n");
   w("dist/cocoon-agent.cjs", "// agent bundle\n");
   w("dist/cocoon.cjs", "// cli bundle\n");
+  w("dist/start-protocol.sh", "run=/run/cocoon\n");
   w("bin/containerd-shim-cocoon-v2", "#!/bin/sh\necho shim\n", 0o755);
   w("bin/cocoon", "#!/bin/sh\necho cli\n", 0o755);
   w("node_modules/koffi/package.json", '{"name":"koffi"}');
@@ -123,6 +124,7 @@ test("install puts every piece in place below the host root", async () => {
     "opt/cocoon/dist/containerd-shim-cocoon-v2-full.cjs",
     "opt/cocoon/dist/cocoon-agent.cjs",
     "opt/cocoon/dist/cocoon.cjs",
+    "opt/cocoon/dist/start-protocol.sh",
     "opt/cocoon/bin/containerd-shim-cocoon-v2",
     "opt/cocoon/bin/node",
     "opt/cocoon/node_modules/koffi/index.js",

@@ -5,7 +5,8 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { AnySchema } from "@bufbuild/protobuf/wkt";
 import { parseShimFlags, FlagError } from "../../src/shim/flags.js";
 import { socketPath } from "../../src/shim/address.js";
-import { daemonSocket, decodeOptionsEnv, encodeOptions, groupOf, parseStartInput, startReply } from "../../src/shim/bootstrap.js";
+import { daemonSocket, decodeOptionsEnv, encodeOptions, parseStartInput, startReply } from "../../src/shim/bootstrap.js";
+import { groupOf } from "../../src/shim/start-protocol.js";
 import { BootstrapParamsSchema, BootstrapResultSchema } from "../../src/gen/containerd/runtime/bootstrap/v1/bootstrap_pb.js";
 import { fromBinary } from "@bufbuild/protobuf";
 import { decodeOptionsAny, resolveConfig } from "../../src/shim/options.js";
@@ -167,12 +168,4 @@ test("the start path's wire decoders agree with the generated ones", () => {
   });
   const res = fromBinary(BootstrapResultSchema, writeBootstrapResult(2, "unix:///a", "ttrpc"));
   assert.deepEqual([res.version, res.address, res.protocol], [2, "unix:///a", "ttrpc"]);
-});
-
-import { execFileSync } from "node:child_process";
-import { fastStartKey } from "../../src/shim/fast-start.js";
-test("the launcher's fast-start key (sha256sum in sh) equals the Node path's", () => {
-  const stdin = new Uint8Array([0x0a, 0x03, 0x61, 0x62, 0x63, 0x00, 0xff]);
-  const sh = execFileSync("sh", ["-c", `{ printf '%s\\n%s\\n%s\\n' "$1" "$2" "$3"; cat; } | sha256sum | cut -c1-64`, "sh", "/run/c.sock", "k8s.io", "pod-1"], { input: stdin }).toString().trim();
-  assert.equal(sh, fastStartKey("/run/c.sock", "k8s.io", "pod-1", stdin));
 });

@@ -36,7 +36,8 @@ const CONFIG_FILES = MODES.map((m) => m.configFile);
  * Build leftovers are not copied.
  */
 export const GUEST_ASSET = /^(vmlinuz|vmlinux|manifest\.json|rootfs|rootfs\.erofs|initramfs[-\w]*\.cpio(\.\w+)?)$/;
-const BUNDLES = ["containerd-shim-cocoon-v2.cjs", "containerd-shim-cocoon-v2-full.cjs", "cocoon.cjs", "cocoon-agent.cjs"];
+/** What the build puts in dist/: the bundles, and the names the launcher sources (start-protocol.sh). */
+const BUNDLES = ["containerd-shim-cocoon-v2.cjs", "containerd-shim-cocoon-v2-full.cjs", "cocoon.cjs", "cocoon-agent.cjs", "start-protocol.sh"];
 const LAUNCHERS = ["containerd-shim-cocoon-v2", "cocoon"];
 
 export interface CommonOptions {

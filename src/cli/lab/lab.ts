@@ -5,12 +5,10 @@
 import { canConnect } from "../../shim/address.js";
 import { sweepSpares } from "../../shim/spare-pool.js";
 import { isPrivateDir } from "../../shim/statefs.js";
-import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseToml, stringify as stringifyToml } from "smol-toml";
-import { socketPath } from "../../shim/address.js";
 import { parseConfig } from "../../shim/config.js";
 import { DEFAULT_ASSET_DIR } from "../../runtime/vm/settings.js";
 import { MODES } from "../../runtime/modes.js";
@@ -18,17 +16,15 @@ import { CriClient } from "../cri/client.js";
 import { runCommand, type CommandResult } from "../install/host.js";
 import { shippedConfig } from "../install/install.js";
 import { missingCniPlugins, planCniNetwork, readCniNetwork, removeCniNetwork, writeCniConfig, type CniNetwork } from "./cni.js";
-import { cocoonRuntime, privateContainerdConfig, renderContainerdConfig } from "./containerd-config.js";
+import { cocoonRuntime } from "./containerd-config.js";
+import { CONTAINERD_BIN, CTR_BIN, launchPrivateContainerd, listDir, privateContainerdPaths, taskShimSockets, type PrivateContainerd } from "./containerd.js";
 import { isAlive, mountsUnder, processesUsing } from "./host-state.js";
 import { buildImageTar, BUSYBOX_IMAGE, pauseImage, PAUSE_IMAGE } from "./image.js";
 import { delay, removeAllPods } from "./pod.js";
 
-export const CONTAINERD_BIN = "containerd";
-export const CTR_BIN = "ctr";
+export { CONTAINERD_BIN, CTR_BIN };
 export const CRI_NAMESPACE = "k8s.io";
 export const LAB_DIR_PREFIX = "cocoon-demo-";
-/** Where every shim puts its socket, whatever containerd's state dir is. */
-const SHIM_SOCKET_DIR = "/run/containerd/s";
 
 /** The handlers, as `cocoon install` names them: one per registered mode, with its shipped config. */
 export const HANDLERS: Readonly<Record<string, { mode: string; file: string; stateKeys: readonly string[] }>> = Object.fromEntries(
@@ -107,57 +103,8 @@ export function writeCocoonConfig(sourceRoot: string, dir: string, handler: Hand
   return file;
 }
 
-function isSocket(path: string): boolean {
-  try {
-    return statSync(path).isSocket();
-  } catch {
-    return false;
-  }
-}
-
-
-function listDir(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}
-
-/** True if `p` settles within `ms`; leaves no timer behind (it would keep the process alive). */
-function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => resolve(false), ms);
-    const done = () => {
-      clearTimeout(t);
-      resolve(true);
-    };
-    p.then(done, done);
-  });
-}
-
-const tail = (text: string, n: number) => text.split("\n").filter(Boolean).slice(-n).join("\n");
-
-/**
- * Shim sockets this instance's pods use. They are named after containerd's address, the namespace and the
- * pod; a shim removes its own when it exits cleanly, so only those of killed shims are left to delete.
- */
-function shimSocketsOf(dir: string): string[] {
-  const out: string[] = [];
-  const taskRoot = join(dir, "state", "io.containerd.runtime.v2.task");
-  for (const ns of listDir(taskRoot)) {
-    for (const id of listDir(join(taskRoot, ns))) {
-      out.push(socketPath(join(dir, "containerd.sock"), [ns, id], SHIM_SOCKET_DIR));
-      try {
-        const addr = readFileSync(join(taskRoot, ns, id, "address"), "utf8").trim();
-        if (addr.startsWith("unix://")) out.push(addr.slice("unix://".length));
-      } catch {
-        // no address file
-      }
-    }
-  }
-  return out;
-}
+/** Shim sockets this instance's pods use (only those of killed shims are left to delete). */
+const shimSocketsOf = (dir: string) => taskShimSockets(privateContainerdPaths(dir));
 
 /**
  * Removes whatever of an instance is still there once its containerd is gone: processes that use its
@@ -270,36 +217,19 @@ export async function startLab(o: LabOptions): Promise<Lab> {
   const say = o.log ?? (() => {});
   const defaultHandler = o.defaultHandler ?? "cocoon-runc";
   const dir = mkdtempSync(join(tmpdir(), LAB_DIR_PREFIX));
-  const paths = {
-    root: join(dir, "root"),
-    state: join(dir, "state"),
-    temp: join(dir, "tmp"),
-    opt: join(dir, "opt"),
-    address: join(dir, "containerd.sock"),
-    ttrpcAddress: join(dir, "containerd.sock.ttrpc"),
-  };
-  const logPath = join(dir, "containerd.log");
+  const paths = privateContainerdPaths(dir);
   const podLogRoot = join(dir, "pods");
-  for (const d of [paths.root, paths.state, paths.temp, paths.opt, podLogRoot, join(dir, "cocoon"), join(dir, "images")]) mkdirSync(d, { recursive: true });
+  for (const d of [podLogRoot, join(dir, "cocoon"), join(dir, "images")]) mkdirSync(d, { recursive: true });
   // Lets a later run recognise this instance as abandoned if this process dies without cleaning up.
   writeFileSync(join(dir, OWNER_FILE), `${process.pid}\n`);
 
-  let child: ChildProcess | undefined;
-  let exited: Promise<void> = Promise.resolve();
+  let ctrd: PrivateContainerd | undefined;
   let cri: CriClient | undefined;
   let network: CniNetwork | undefined;
   const shimSockets = new Set<string>();
   let stopping: Promise<string[]> | undefined;
 
-  const readLog = () => {
-    try {
-      return readFileSync(logPath, "utf8");
-    } catch {
-      return "";
-    }
-  };
-  const logTail = (n = 40) => tail(readLog(), n);
-  const running = () => !!child && child.exitCode === null && child.signalCode === null;
+  const logTail = (n = 40) => ctrd?.logTail(n) ?? "";
   const ctr = (args: string[], namespace = CRI_NAMESPACE, timeoutMs = 30_000) => runCommand([CTR_BIN, "--address", paths.address, "-n", namespace, ...args], timeoutMs);
 
   const noteShimSockets = () => {
@@ -309,7 +239,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
   const stopImpl = async (): Promise<string[]> => {
     const forced: string[] = [];
     noteShimSockets();
-    if (cri && running()) {
+    if (cri && ctrd?.running()) {
       try {
         const r = await removeAllPods(cri, 60_000);
         forced.push(...r.errors);
@@ -319,31 +249,20 @@ export async function startLab(o: LabOptions): Promise<Lab> {
     }
     cri?.close();
     noteShimSockets();
-    if (child && running()) {
-      child.kill("SIGTERM");
-      const done = await settlesWithin(exited, 10_000);
-      if (!done) {
-        forced.push(`containerd (pid ${child.pid}) did not exit on SIGTERM`);
-        child.kill("SIGKILL");
-        await exited;
-      }
-    }
+    if (ctrd && ctrd.running() && !(await ctrd.stop(10_000))) forced.push(`containerd (pid ${ctrd.pid}) did not exit on SIGTERM`);
     forced.push(...(await removeInstance(dir, network, shimSockets, true)));
     return forced;
   };
   const stop = () => (stopping ??= stopImpl());
 
-  // Last resort if the process dies without stop(): no containerd left running in the background.
-  const killOnExit = () => {
-    if (running()) child!.kill("SIGKILL");
-  };
-  process.once("exit", killOnExit);
-
   try {
     const configs = Object.fromEntries(Object.keys(HANDLERS).map((h) => [h, writeCocoonConfig(o.sourceRoot, dir, h, !!o.debug)]));
     network = await planCniNetwork({ confDir: join(dir, "cni", "conf"), ipamDir: join(dir, "cni", "ipam") });
     writeCniConfig(network);
-    const cfg = privateContainerdConfig(paths, {
+    const version = (await runCommand([CONTAINERD_BIN, "--version"], 10_000)).stdout.trim().split(/\s+/)[2] ?? "";
+    say(`starting a private containerd ${version} in ${dir}`);
+    ctrd = await launchPrivateContainerd({
+      dir,
       logLevel: o.debug ? "debug" : "info",
       cri: {
         sandboxImage: PAUSE_IMAGE,
@@ -352,44 +271,12 @@ export async function startLab(o: LabOptions): Promise<Lab> {
         defaultRuntime: defaultHandler,
         runtimes: Object.fromEntries(MODES.map((m) => [m.handler, cocoonRuntime(configs[m.handler]!, m.privilegedWithoutHostDevices)])),
       },
-    });
-    const configPath = join(dir, "containerd.toml");
-    writeFileSync(configPath, renderContainerdConfig(cfg));
-
-    const version = (await runCommand([CONTAINERD_BIN, "--version"], 10_000)).stdout.trim().split(/\s+/)[2] ?? "";
-    say(`starting a private containerd ${version} in ${dir}`);
-    const logFd = openSync(logPath, "a");
-    try {
+      pathPrepend: [join(o.sourceRoot, "bin")],
       // Its own process group: a Ctrl-C in the terminal reaches us, and we shut containerd down in order.
-      child = spawn(CONTAINERD_BIN, ["--config", configPath], {
-        stdio: ["ignore", logFd, logFd],
-        detached: true,
-        cwd: dir,
-        env: { ...process.env, PATH: [join(o.sourceRoot, "bin"), process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin"].join(":") },
-      });
-    } finally {
-      closeSync(logFd);
-    }
-    const c = child;
-    let spawnError: Error | undefined;
-    exited = new Promise((resolve) => {
-      c.once("exit", () => resolve());
-      c.once("error", (e) => {
-        spawnError = e;
-        resolve();
-      });
+      detached: true,
+      startTimeoutMs: o.startTimeoutMs ?? 30_000,
+      signal: o.signal,
     });
-
-    const timeoutMs = o.startTimeoutMs ?? 30_000;
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      if (spawnError) throw new Error(`cannot run ${CONTAINERD_BIN}: ${spawnError.message}`);
-      if (!running()) throw new Error(`containerd exited (${c.exitCode ?? c.signalCode}) while starting; its log ends with:\n${logTail()}`);
-      // The CRI service takes requests once it logs this, just after it finished initialising.
-      if (readLog().includes('msg="Start streaming server"') && isSocket(paths.address) && (await canConnect(paths.address, 1000))) break;
-      if (Date.now() > deadline) throw new Error(`containerd did not come up within ${timeoutMs} ms; its log ends with:\n${logTail()}`);
-      await delay(50, o.signal);
-    }
     cri = await CriClient.connect(paths.address, { timeoutMs: 10_000 });
     const client = cri;
     const net = network;
@@ -417,7 +304,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
     return {
       dir,
       address: paths.address,
-      logPath,
+      logPath: ctrd.logPath,
       network: net,
       podLogRoot,
       configs,
@@ -426,15 +313,10 @@ export async function startLab(o: LabOptions): Promise<Lab> {
       ctr,
       importImages,
       logTail,
-      stop: async () => {
-        const forced = await stop();
-        process.removeListener("exit", killOnExit);
-        return forced;
-      },
+      stop,
     };
   } catch (err) {
     await stop();
-    process.removeListener("exit", killOnExit);
     throw err;
   }
 }
