@@ -6,8 +6,6 @@ import { watch, type FSWatcher } from "node:fs";
 import type { Cgroup } from "./cgroups.js";
 
 export const OOM_POLL_MS = 5000;
-/** cgroup v1 signals the eventfd before it counts the kill: look again this much later. */
-const V1_COUNT_LAG_MS = 100;
 
 export interface OomNotifier {
   /** cgroup v1 eventfd notifications (sys.watchOomV1): calls back per OOM; returns a stop. */
@@ -18,7 +16,6 @@ export interface OomNotifier {
 export function watchOom(cg: Cgroup, notifier: OomNotifier, onOom: () => void, pollMs = OOM_POLL_MS): () => void {
   let last = cg.oomKills() ?? 0n;
   let stopped = false;
-  const timers = new Set<NodeJS.Timeout>();
   const check = (notified: boolean) => {
     if (stopped) return;
     const now = cg.oomKills();
@@ -31,12 +28,11 @@ export function watchOom(cg: Cgroup, notifier: OomNotifier, onOom: () => void, p
       last = now;
       onOom();
     } else if (notified && !cg.v2) {
-      const t = setTimeout(() => {
-        timers.delete(t);
-        check(false);
-      }, V1_COUNT_LAG_MS);
-      t.unref();
-      timers.add(t);
+      // v1 signals the eventfd before it counts the kill (and a removed cgroup never reaches here:
+      // sys filters that out), and the container may be deleted before the count shows: count it now,
+      // as runc-v2 reports every v1 notification. The count catching up later is not a second kill.
+      last += 1n;
+      onOom();
     }
   };
   const stops: Array<() => void> = [];
@@ -57,7 +53,6 @@ export function watchOom(cg: Cgroup, notifier: OomNotifier, onOom: () => void, p
     if (stopped) return;
     stopped = true;
     clearInterval(poll);
-    for (const t of timers) clearTimeout(t);
     for (const s of stops) s();
   };
 }

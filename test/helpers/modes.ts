@@ -1,10 +1,15 @@
 // Every registered runtime mode, ready for a behaviour test that must hold in all of them: each mode's
 // shipped config (deploy/config), with its state inside a private dir, as the lab writes it.
-import { mkdirSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, rmSync } from "node:fs";
 import path from "node:path";
+import { after, before } from "node:test";
 import { MODES } from "../../src/runtime/modes.js";
 import { writeCocoonConfig } from "../../src/cli/lab/lab.js";
 import { repoRoot } from "./util.js";
+import { startContainerd, type Containerd } from "./containerd.js";
+import { BUSYBOX_IMAGE, importImage } from "./image.js";
+import { assertNoLeaks, snapshotHost, type HostSnapshot } from "./leaks.js";
 
 export interface ModeUnderTest {
   /** The config's mode name (runc, vm, ...). */
@@ -37,4 +42,29 @@ export function criRuntimesToml(modes: ModeUnderTest[]): string {
     const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${m.handler}`;
     return `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${m.config}"\n`;
   }).join("");
+}
+
+/**
+ * A private containerd for the enclosing describe, with the busybox image and a log of `ctr events`;
+ * stopped after it, then `dir` removed and the host checked for leaks.
+ */
+export function containerdForModes(dir: string): { ctrd(): Containerd; eventLog(): string } {
+  let host: HostSnapshot;
+  let ctrd: Containerd;
+  let events: ChildProcess | undefined;
+  let log = "";
+  before(async () => {
+    host = await snapshotHost();
+    ctrd = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
+    await importImage(ctrd, BUSYBOX_IMAGE);
+    events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
+    events.stdout!.on("data", (d) => (log += d));
+  });
+  after(async () => {
+    events?.kill();
+    await ctrd?.stop();
+    await assertNoLeaks(host, { harness: ctrd });
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { ctrd: () => ctrd, eventLog: () => log };
 }

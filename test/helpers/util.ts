@@ -109,3 +109,19 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
 }
 
 export { settlesWithin, tailLines } from "../../src/cli/lab/containerd.js";
+
+/** Runs a shell command line under a pseudo-terminal (util-linux `script`), returning all it printed. */
+export function underPty(cmd: string, timeoutMs = 60_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
+    let out = "";
+    child.stdout!.on("data", (d) => (out += d));
+    child.stderr!.on("data", (d) => (out += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", reject);
+    child.on("close", () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+  });
+}

@@ -16,6 +16,7 @@ import { startCriLab } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { repoRoot, run, waitFor, type RunResult } from "../helpers/util.js";
+import { MODES } from "../../src/runtime/modes.js";
 
 const HANDLER = "cocoon-runc";
 const MAIN = path.join(repoRoot, "dist", "js", "src", "cli", "main.js");
@@ -123,7 +124,7 @@ describe("cocoon pod: a pod through an existing CRI endpoint", { timeout: 120_00
     assert.equal(again.stderr, `cocoon pod run: a pod default/${podName} already exists (${podId.slice(0, 12)}, Ready); remove it first: cocoon pod rm ${podId.slice(0, 12)}\n`);
     const bad = await cocoon("run", spec, "--handler", "runc");
     assert.equal(bad.code, 1, show(bad));
-    assert.match(bad.stderr, /argument 'runc' is invalid. Allowed choices are cocoon, cocoon-runc/);
+    assert.match(bad.stderr, new RegExp(`argument 'runc' is invalid. Allowed choices are ${MODES.map((m) => m.handler).join(", ")}\\.`));
     const invalid = path.join(tmp, "bad.yaml");
     writeFileSync(invalid, "name: Bad_Name\ncontainers: []\n");
     const inv = await cocoon("run", invalid);

@@ -1,7 +1,6 @@
 // gVisor mode through the real containerd and ctr. Without CRI annotations every container is its own
 // runsc sandbox; what runs inside is gVisor's kernel (its dmesg says so), not the host's.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -10,27 +9,11 @@ import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
 import { listProcesses } from "../helpers/procfs.js";
-import { repoRoot, waitFor } from "../helpers/util.js";
+import { repoRoot, waitFor, underPty } from "../helpers/util.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
-
-/** Runs a shell command line under a pseudo-terminal (util-linux `script`), returning what it printed. */
-async function runScript(cmd: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
-    let out = "";
-    child.stdout!.on("data", (d) => (out += d));
-    child.stderr!.on("data", (d) => (out += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", reject);
-    child.on("close", () => {
-      clearTimeout(timer);
-      resolve(out);
-    });
-  });
-}
 
 /** runsc sandbox processes using `root` as their state dir. */
 export function sandboxes(root: string): number[] {
@@ -97,13 +80,13 @@ describe("gVisor mode through containerd and ctr", { timeout: 300_000 }, () => {
   });
 
   it("a TTY session through the console socket, and exec -t", async () => {
-    const out = await runScript(`stty cols 100 rows 40; ctr --address ${ctrd.address} run --fifo-dir ${ctrd.fifoDir} -t --rm ${RT.join(" ")} ${BUSYBOX_IMAGE} ${uid("tty")} sh -c 'sleep 1; stty size; [ -t 1 ] && echo is-a-tty; exit 6'; echo "rc=$?"`);
+    const out = await underPty(`stty cols 100 rows 40; ctr --address ${ctrd.address} run --fifo-dir ${ctrd.fifoDir} -t --rm ${RT.join(" ")} ${BUSYBOX_IMAGE} ${uid("tty")} sh -c 'sleep 1; stty size; [ -t 1 ] && echo is-a-tty; exit 6'; echo "rc=$?"`);
     assert.match(out, /40 100/);
     assert.match(out, /is-a-tty/);
     assert.match(out, /rc=6/);
     const id = uid("ttyexec");
     await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id, "sleep", "1000"]);
-    const r = await runScript(`stty cols 77 rows 11; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${id} sh -c 'sleep 1; stty size; [ -t 0 ] && echo is-a-tty; exit 5'; echo "rc=$?"`);
+    const r = await underPty(`stty cols 77 rows 11; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${id} sh -c 'sleep 1; stty size; [ -t 0 ] && echo is-a-tty; exit 5'; echo "rc=$?"`);
     assert.match(r, /is-a-tty/);
     assert.match(r, /rc=5/);
     await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id]);

@@ -1,16 +1,14 @@
 // Controlling a running container, the same in every runtime mode: pause and resume (the process
 // really stops and goes on), metrics, and the task events containerd publishes for them.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { after, before, describe, it } from "node:test";
-import { startContainerd, type Containerd } from "../helpers/containerd.js";
-import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
-import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { modesUnderTest, podAnnotations } from "../helpers/modes.js";
-import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+import { before, describe, it } from "node:test";
+import type { Containerd } from "../helpers/containerd.js";
+import { BUSYBOX_IMAGE } from "../helpers/image.js";
+import { containerdForModes, modesUnderTest, podAnnotations } from "../helpers/modes.js";
+import { sleep, waitFor } from "../helpers/util.js";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "cocoon-modes-ctl-"));
 const modes = modesUnderTest(dir);
@@ -26,25 +24,12 @@ function usage(json: string): { memory: number; pids: number } {
 }
 
 describe("controlling a running container, in every mode", { timeout: 1_200_000 }, () => {
-  let host: HostSnapshot;
+  const harness = containerdForModes(dir);
   let ctrd: Containerd;
-  let events: ChildProcess | undefined;
-  let eventLog = "";
-
-  before(async () => {
-    host = await snapshotHost();
-    ctrd = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
-    await importImage(ctrd, BUSYBOX_IMAGE);
-    events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
-    events.stdout!.on("data", (d) => (eventLog += d));
+  before(() => {
+    ctrd = harness.ctrd();
   });
-
-  after(async () => {
-    events?.kill();
-    await ctrd?.stop();
-    await assertNoLeaks(host, { harness: ctrd });
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const events = () => harness.eventLog();
 
   const status = async (id: string) => (await ctrd.ctr(["task", "ls"])).stdout.split("\n").find((l) => l.startsWith(`${id} `)) ?? "";
 
@@ -60,9 +45,9 @@ describe("controlling a running container, in every mode", { timeout: 1_200_000 
         await waitFor(async () => (await tick()) > 0, { timeoutMs: 60_000, what: "the loop to tick" });
         await ctrd.ctr(["task", "pause", id], { timeoutMs: 60_000 });
         assert.match(await status(id), /PAUSED/);
-        await waitFor(() => eventLog.includes("/tasks/paused"), { timeoutMs: 10_000, what: "TaskPaused" });
+        await waitFor(() => events().includes("/tasks/paused"), { timeoutMs: 10_000, what: "TaskPaused" });
         await ctrd.ctr(["task", "resume", id], { timeoutMs: 60_000 });
-        await waitFor(() => eventLog.includes("/tasks/resumed"), { timeoutMs: 10_000, what: "TaskResumed" });
+        await waitFor(() => events().includes("/tasks/resumed"), { timeoutMs: 10_000, what: "TaskResumed" });
         assert.match(await status(id), /RUNNING/);
         const t1 = await tick();
         await sleep(1500);

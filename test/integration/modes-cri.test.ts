@@ -62,7 +62,7 @@ describe("a pod through the CRI, in every mode", { timeout: 1_200_000 }, () => {
     it(`${mode.name} mode (handler ${mode.handler}): logs, exit codes, exec, stats, one shim, pods reach each other, clean removal`, async () => {
       const web = await runPod(mode.handler, "web", [
         // nc, not httpd: busybox httpd's replies do not arrive through the old runsc's host network (README, gVisor mode).
-        { name: "server", script: "echo out-line; echo err-line >&2; echo 'second out'; while true; do echo pong | nc -l -p 9000; done" },
+        { name: "server", script: "echo out-line; echo err-line >&2; echo 'second out'; while true; do echo pong | nc -l -p 9000 2>/dev/null; done" },
         { name: "quitter", script: "echo about to fail; exit 7" },
       ]);
       let client: RunningPod | undefined;

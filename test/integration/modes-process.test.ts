@@ -2,16 +2,15 @@
 // stdin, exec with and without a TTY, kill --all. Each mode runs one long-lived pod whose sandbox
 // container stays up; the cases run member containers and execs in it, as the CRI plugin would.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { startContainerd, type Containerd } from "../helpers/containerd.js";
-import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
-import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { modesUnderTest, podAnnotations } from "../helpers/modes.js";
-import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+import type { Containerd } from "../helpers/containerd.js";
+import { BUSYBOX_IMAGE } from "../helpers/image.js";
+import { containerdForModes, modesUnderTest, podAnnotations } from "../helpers/modes.js";
+import { sleep, underPty, waitFor } from "../helpers/util.js";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "cocoon-modes-proc-"));
 const modes = modesUnderTest(dir);
@@ -20,25 +19,12 @@ const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 const T = 180_000;
 
 describe("processes in a pod, in every mode", { timeout: 1_200_000 }, () => {
-  let host: HostSnapshot;
+  const harness = containerdForModes(dir);
   let ctrd: Containerd;
-  let events: ChildProcess | undefined;
-  let eventLog = "";
-
-  before(async () => {
-    host = await snapshotHost();
-    ctrd = await startContainerd({ pathPrepend: [path.join(repoRoot, "bin")] });
-    await importImage(ctrd, BUSYBOX_IMAGE);
-    events = spawn("ctr", ["--address", ctrd.address, "events"], { stdio: ["ignore", "pipe", "ignore"] });
-    events.stdout!.on("data", (d) => (eventLog += d));
+  before(() => {
+    ctrd = harness.ctrd();
   });
-
-  after(async () => {
-    events?.kill();
-    await ctrd?.stop();
-    await assertNoLeaks(host, { harness: ctrd });
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const events = () => harness.eventLog();
 
   /** A ctr process we drive ourselves (stdin timing, concurrent kills); bounded by a timer. */
   function ctrChild(args: string[]) {
@@ -92,7 +78,7 @@ describe("processes in a pod, in every mode", { timeout: 1_200_000 }, () => {
         await waitFor(async () => /RUNNING/.test(await status(id)), { timeoutMs: 60_000, what: "running" });
         await sleep(1000);
         await ctrd.ctr(["task", "kill", "-s", "SIGTERM", id]);
-        await waitFor(() => eventLog.split("\n").some((l) => l.includes("/tasks/exit") && l.includes(id) && l.includes('exit_status":42')), { timeoutMs: 60_000, what: "exit 42 after SIGTERM" });
+        await waitFor(() => events().split("\n").some((l) => l.includes("/tasks/exit") && l.includes(id) && l.includes('exit_status":42')), { timeoutMs: 60_000, what: "exit 42 after SIGTERM" });
         await ctrd.ctr(["task", "rm", id], { timeoutMs: 60_000 });
         await ctrd.ctr(["container", "rm", id]);
       });
@@ -116,21 +102,11 @@ describe("processes in a pod, in every mode", { timeout: 1_200_000 }, () => {
         const ps = await ctrd.ctr(["task", "ps", pod]);
         assert.match(ps.stdout, /PID/);
         assert.ok(ps.stdout.trim().split("\n").length >= 2, ps.stdout);
-        await waitFor(() => eventLog.includes("/tasks/exec-started"), { timeoutMs: 10_000, what: "TaskExecStarted" });
+        await waitFor(() => events().includes("/tasks/exec-started"), { timeoutMs: 10_000, what: "TaskExecStarted" });
       });
 
       it("exec with a TTY: the client's terminal size, a terminal on stdout", async () => {
-        const r = await new Promise<string>((resolve) => {
-          const cmd = `stty cols 90 rows 20; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id ${uid("tty")} ${pod} sh -c 'sleep 2; stty size; [ -t 1 ] && echo tty-yes'`;
-          const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
-          let out = "";
-          child.stdout!.on("data", (d) => (out += d));
-          const t = setTimeout(() => child.kill("SIGKILL"), T);
-          child.on("close", () => {
-            clearTimeout(t);
-            resolve(out);
-          });
-        });
+        const r = await underPty(`stty cols 90 rows 20; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id ${uid("tty")} ${pod} sh -c 'sleep 2; stty size; [ -t 1 ] && echo tty-yes'`, T);
         assert.match(r, /20 90/);
         assert.match(r, /tty-yes/);
       });

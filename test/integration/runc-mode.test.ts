@@ -8,7 +8,7 @@ import { after, afterEach, before, describe, it } from "node:test";
 import { startContainerd, type Containerd } from "../helpers/containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "../helpers/image.js";
 import { assertNoLeaks, snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { repoRoot, sleep, waitFor } from "../helpers/util.js";
+import { repoRoot, sleep, waitFor, underPty } from "../helpers/util.js";
 import { cocoonShims } from "../helpers/procfs.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
@@ -21,23 +21,6 @@ const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 function shimPids(address = currentAddress): number[] {
   return cocoonShims(address, "daemon");
 }
-
-/** Runs a shell command line under a pseudo-terminal (util-linux `script`), returning what it printed. */
-async function runScript(cmd: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("script", ["-qec", cmd, "/dev/null"], { stdio: ["pipe", "pipe", "pipe"] });
-    let out = "";
-    child.stdout!.on("data", (d) => (out += d));
-    child.stderr!.on("data", (d) => (out += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
-    child.on("error", reject);
-    child.on("close", () => {
-      clearTimeout(timer);
-      resolve(out);
-    });
-  });
-}
-
 
 describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
   let host: HostSnapshot;
@@ -121,12 +104,12 @@ describe("runc mode through containerd and ctr", { timeout: 240_000 }, () => {
     // `script` gives ctr a real terminal; ctr sends its size with ResizePty right after Start.
     // The terminal is resized mid-session; ctr gets SIGWINCH and forwards the new size.
     const inner = `stty cols 100 rows 40; (sleep 2; stty cols 120 rows 30 </dev/tty) & ctr --address ${ctrd.address} run --fifo-dir ${ctrd.fifoDir} -t --rm ${RT.join(" ")} ${BUSYBOX_IMAGE} ${id} sh -c 'sleep 1; stty size; tty; sleep 3; stty size'`;
-    const r = await runScript(inner);
+    const r = await underPty(inner);
     assert.match(r, /40 100[\s\S]*30 120/);
     assert.match(r, /\/dev\/(pts\/\d+|console)/);
     const id2 = uid("ttyexec");
     await ctrd.ctr(["run", "-d", ...RT, BUSYBOX_IMAGE, id2, "sleep", "1000"]);
-    const r2 = await runScript(`stty cols 77 rows 11; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${id2} sh -c 'sleep 1; stty size; [ -t 0 ] && echo is-a-tty; exit 5'; echo "rc=$?"`);
+    const r2 = await underPty(`stty cols 77 rows 11; ctr --address ${ctrd.address} task exec --fifo-dir ${ctrd.fifoDir} -t --exec-id t1 ${id2} sh -c 'sleep 1; stty size; [ -t 0 ] && echo is-a-tty; exit 5'; echo "rc=$?"`);
     assert.match(r2, /11 77/);
     assert.match(r2, /is-a-tty/);
     assert.match(r2, /rc=5/);

@@ -9,6 +9,11 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { repoRoot, waitFor } from "../helpers/util.js";
+import { registerModes } from "../../src/shim/modes.js";
+import { MODES } from "../../src/runtime/modes.js";
+
+// The Node side parses configs as the shim does, with every mode registered.
+registerModes(MODES);
 
 // A private run dir, set before the shim modules load: they read it then.
 const dir = mkdtempSync(path.join(os.tmpdir(), "cocoon-launcher-"));
