@@ -2,6 +2,8 @@
 // in a Cocoon VM (`cocoon`), in one private containerd: cold pod start latency, then host memory per
 // pod with several pods of each handler running at once (the shim daemon plus everything under it:
 // runc's pause and container; the runsc sandbox and gofers; QEMU).
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import path from "node:path";
 import { listProcesses, withDescendants, type ProcInfo } from "../test/helpers/procfs.js";
 import { sleep } from "../test/helpers/util.js";
 import { findShims, readMemory, type ShimProcess } from "./procmem.js";
@@ -32,31 +34,49 @@ export interface GvisorResult {
 
 const isShim = (p: ProcInfo) => /containerd-shim/.test(p.args.join(" "));
 
+/** Inodes of the listening unix sockets bound at `path` (/proc/net/unix). */
+function listeningInodes(path: string): Set<string> {
+  const out = new Set<string>();
+  for (const line of readFileSync("/proc/net/unix", "utf8").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    // Num RefCount Protocol Flags Type St Inode Path; flag 00010000 = __SO_ACCEPTCON (listening).
+    if (f[7] === path && f[3] === "00010000") out.add(f[6]!);
+  }
+  return out;
+}
+
 /**
  * The shim daemon serving a pod: the one named after its sandbox id, else (a spare daemon that took the
- * pod keeps its own arguments) the nearest shim above the pid containerd lists for the sandbox task.
+ * pod keeps its own arguments; a vm-mode task pid is the guest's) the shim that listens on the socket
+ * containerd wrote into the pod's bundle.
  */
-function shimOf(id: string, taskPid: number | undefined, shims: ShimProcess[], all: ProcInfo[]): ShimProcess | undefined {
+function shimOf(rig: VmRig, id: string, shims: ShimProcess[]): ShimProcess | undefined {
   const named = shims.find((s) => s.args.includes(id));
-  if (named || !taskPid) return named;
-  const byPid = new Map(all.map((p) => [p.pid, p]));
-  for (let p = byPid.get(taskPid); p; p = byPid.get(p.ppid)) {
-    const s = shims.find((x) => x.pid === p!.pid);
-    if (s) return s;
+  if (named) return named;
+  let address = "";
+  try {
+    address = readFileSync(path.join(rig.ctrd.state, "io.containerd.runtime.v2.task", "k8s.io", id, "address"), "utf8").trim();
+  } catch {
+    return undefined;
   }
-  return undefined;
+  const inodes = listeningInodes(address.replace(/^unix:\/\//, ""));
+  return shims.find((s) => {
+    try {
+      return readdirSync(`/proc/${s.pid}/fd`).some((fd) => {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${s.pid}/fd/${fd}`));
+        return !!m && inodes.has(m[1]!);
+      });
+    } catch {
+      return false;
+    }
+  });
 }
 
 async function podMemory(rig: VmRig, podIds: string[]): Promise<{ pss: number; uss: number; processes: string[] }> {
-  const tasks = new Map<string, number>();
-  for (const line of (await rig.ctrd.ctr(["task", "ls"], { namespace: "k8s.io" })).stdout.split("\n").slice(1)) {
-    const [id, pid] = line.trim().split(/\s+/);
-    if (id && pid) tasks.set(id, Number(pid));
-  }
   const all = listProcesses();
   const shims = findShims(rig.ctrd.address, all, { spares: true });
   const podsPerShim = new Map<number, number>();
-  const units = podIds.map((id) => shimOf(id, tasks.get(id), shims, all));
+  const units = podIds.map((id) => shimOf(rig, id, shims));
   for (const u of units) if (u) podsPerShim.set(u.pid, (podsPerShim.get(u.pid) ?? 0) + 1);
   let pss = 0;
   let uss = 0;
