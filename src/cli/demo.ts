@@ -50,6 +50,9 @@ export function demoPodSpec(): PodSpec {
   );
 }
 
+/** "cocoon-runc (runc mode), cocoon (vm mode), …": every registered mode's handler. */
+const handlerList = () => Object.entries(HANDLERS).map(([h, v]) => `${h} (${v.mode} mode)`).join(", ");
+
 /** The handler from --handler / --mode, else the spec's, else cocoon (a pod in its own VM). */
 export function resolveHandler(o: Pick<DemoOptions, "handler" | "mode">, spec: PodSpec): HandlerName {
   const byMode: Record<string, HandlerName> = Object.fromEntries(Object.entries(HANDLERS).map(([h, v]) => [v.mode, h]));
@@ -168,7 +171,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<number> {
   let code = 1;
   try {
     lab = await startLab({ sourceRoot, defaultHandler: handler, debug: !!o.debug, log: step, signal: ac.signal });
-    step(`CRI endpoint unix://${lab.address}; handlers cocoon-runc (runc mode) and cocoon (vm mode) registered`);
+    step(`CRI endpoint unix://${lab.address}; handlers ${handlerList()} registered`);
     step(`CNI bridge ${lab.network.bridge}, pod subnet ${lab.network.subnet}`);
     const images = await lab.importImages();
     if (ac.signal.aborted) throw ac.signal.reason;
@@ -229,8 +232,8 @@ export function demoCommand(): Command {
     .description(
       "run a pod through a private containerd with the CRI plugin and Cocoon's runtime handlers, print what it printed, then remove everything",
     )
-    .option("--handler <name>", "RuntimeClass handler to run the pod with: cocoon-runc (runc mode) or cocoon (vm mode); default cocoon")
-    .option("--mode <mode>", "runc or vm: the same as --handler cocoon-runc / --handler cocoon")
+    .option("--handler <name>", `RuntimeClass handler to run the pod with: ${handlerList()}; default cocoon`)
+    .option("--mode <mode>", `${Object.values(HANDLERS).map((h) => h.mode).join(", ")}: the same as --handler ${Object.keys(HANDLERS).join(" / ")}`)
     .option("--spec <file>", "run this pod spec (YAML or JSON, see examples/pod.yaml) instead of the built-in pod")
     .option("--timeout <seconds>", "how long to wait for the containers to exit", positiveInt, 60)
     .option("--keep", "after the containers exited, keep containerd and the pod until Ctrl-C")
