@@ -1,7 +1,7 @@
 // gVisor mode through the real containerd and ctr. Without CRI annotations every container is its own
 // runsc sandbox; what runs inside is gVisor's kernel (its dmesg says so), not the host's.
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { chownSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
@@ -12,6 +12,8 @@ import { listProcesses } from "../helpers/procfs.js";
 import { repoRoot, waitFor, underPty } from "../helpers/util.js";
 
 const RT = ["--runtime", "io.containerd.cocoon.v2"];
+/** busybox whose image config runs its process as nobody. */
+const NOBODY_IMAGE = "cocoon.local/busybox-nobody:latest";
 let seq = 0;
 const uid = (name: string) => `${name}-${process.pid}-${++seq}`;
 
@@ -34,6 +36,7 @@ describe("gVisor mode through containerd and ctr", { timeout: 300_000 }, () => {
     writeFileSync(path.join(cfgDir, "cocoon.toml"), `mode = "gvisor"\nlog_level = "debug"\n[gvisor]\nroot = "${root}"\nstate_dir = "${cfgDir}/gvisor"\n`);
     ctrd = await startContainerd({ env: { COCOON_CONFIG: path.join(cfgDir, "cocoon.toml") }, pathPrepend: [path.join(repoRoot, "bin")] });
     await importImage(ctrd, BUSYBOX_IMAGE);
+    await importImage(ctrd, NOBODY_IMAGE, { user: "65534:65534" });
   });
 
   afterEach(async () => {
@@ -56,6 +59,30 @@ describe("gVisor mode through containerd and ctr", { timeout: 300_000 }, () => {
     const r = await ctrd.ctr(["run", "--rm", ...RT, BUSYBOX_IMAGE, uid("out"), "sh", "-c", "dmesg | head -1"]);
     assert.match(r.stdout, /Starting gVisor/);
     assert.match(ctrd.log(), /gVisor platform probe.*platform=(ptrace|kvm)/);
+  });
+
+  it("a container running as nobody with no stdio leaves the host's /dev/null as it was", async () => {
+    // runsc run in the foreground chowns its own stdio to the container's user (seen by hand: a
+    // /dev/null given to it became nobody's). Through the shim (create/start, --null-io: every stream
+    // absent, so the shim supplies /dev/null) it must not.
+    const id = uid("nobody");
+    const before = statSync("/dev/null");
+    try {
+      await ctrd.ctr(["run", "-d", "--null-io", ...RT, NOBODY_IMAGE, id, "sh", "-c", "exec sleep 1000"]);
+      await waitFor(async () => /RUNNING/.test(await taskState(id)) || undefined, { timeoutMs: 30_000, what: "running" });
+      const ex = await ctrd.ctr(["task", "exec", "--user", "65534", "--exec-id", "e1", id, "id", "-u"]);
+      assert.equal(ex.stdout, "65534\n");
+      const after = statSync("/dev/null");
+      assert.deepEqual([after.uid, after.gid], [before.uid, before.gid], "/dev/null's owner is unchanged");
+    } finally {
+      // Were it changed, put it back: every later test on this host would see it.
+      const now = statSync("/dev/null");
+      if (now.uid !== before.uid || now.gid !== before.gid) chownSync("/dev/null", before.uid, before.gid);
+      await ctrd.ctr(["task", "kill", "-s", "SIGKILL", id], { allowFail: true });
+      await waitFor(async () => !/RUNNING/.test(await taskState(id)) || undefined, { timeoutMs: 15_000, what: "task stopped" });
+      await ctrd.ctr(["task", "rm", id], { allowFail: true });
+      await ctrd.ctr(["container", "rm", id], { allowFail: true });
+    }
   });
 
   it("an exec is signalled inside the sandbox; metrics from runsc; checkpoint refused; SIGKILL of the init", async () => {
