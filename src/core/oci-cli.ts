@@ -171,6 +171,11 @@ export class OciCli {
     return this.json("events", ["--stats", id]);
   }
 
+  /** The arguments of a call this client would make, for one that outlives the call timeout (runsc wait). */
+  commandArgs(verb: string, args: string[]): string[] {
+    return [...(this.o.globalArgs ?? []), verb, ...args];
+  }
+
   /** Runs any subcommand; a failure is a ShimError of the kind classifyOciError gives, quoting the runtime. */
   async run(verb: string, args: string[], opts: { stdio?: [number, number, number] } = {}): Promise<string> {
     if (!this.logDirReady) {

@@ -10,7 +10,6 @@
 // exec's pid file names a host `runsc-exec` process that waits for the real one and exits with its
 // status; signals go through `runsc kill --pid` with the pid inside the sandbox.
 import { readFileSync } from "node:fs";
-import { OciCli } from "../../core/oci-cli.js";
 import { Cgroup } from "../../core/cgroups.js";
 import { watchOom } from "../../core/oom.js";
 import type { FlavorContainer, OciFlavor } from "../runc/flavor.js";
@@ -55,12 +54,9 @@ export interface GvisorFlavorDeps {
   sys: Sys;
   log: Logger;
   globalArgs: readonly string[];
-  systemdCgroup: boolean;
 }
 
 export function gvisorFlavor(d: GvisorFlavorDeps): OciFlavor {
-  const cli = (c: FlavorContainer) =>
-    new OciCli({ binary: c.binary, globalArgs: ["--root", c.root, ...(d.systemdCgroup ? ["--systemd-cgroup"] : []), ...d.globalArgs], logDir: c.bundle });
   return {
     stateMode: "gvisor",
     globalArgs: d.globalArgs,
@@ -69,7 +65,7 @@ export function gvisorFlavor(d: GvisorFlavorDeps): OciFlavor {
     // A sandbox's own container: the sandbox process (reaped, as runc's init) exits with its status.
     followInit: { applies: joinsSandbox, follow: (c, onExit) => followWithWait(c, d, onExit) },
     async stats(c) {
-      return metricsFromRunscStats(parseRunscStats(await cli(c).run("events", ["--stats", c.id])));
+      return metricsFromRunscStats(parseRunscStats(await c.cli.run("events", ["--stats", c.id])));
     },
     // Memory is charged to the sandbox process's cgroup (the pod's, not the container's): an OOM kill
     // there ends the sandbox, so every container in it is told.
@@ -87,8 +83,7 @@ export function gvisorFlavor(d: GvisorFlavorDeps): OciFlavor {
 
 /** Runs `runsc wait <id>` until the container exits; its JSON answer carries the exit status. */
 function followWithWait(c: FlavorContainer, d: GvisorFlavorDeps, onExit: (e: Exit) => void): () => void {
-  const args = ["--root", c.root, ...d.globalArgs, "wait", c.id];
-  const child = spawnChild(c.binary, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnChild(c.cli.binaryPath, c.cli.commandArgs("wait", [c.id]), { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
   let stopped = false;

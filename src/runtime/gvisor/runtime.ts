@@ -35,6 +35,6 @@ export async function createGvisorRuntime(ctx: RuntimeContext<GvisorSettings>, h
   ]);
   const globalArgs = runscGlobalArgs(s, platform, network);
   const runc: RuncSettings = { binary, root: s.root, systemdCgroup: s.systemdCgroup, noPivotRoot: false, noNewKeyring: false, criuPath: "" };
-  const flavor = gvisorFlavor({ sys: host.sys, log: ctx.log, globalArgs, systemdCgroup: s.systemdCgroup });
+  const flavor = gvisorFlavor({ sys: host.sys, log: ctx.log, globalArgs });
   return new RuncRuntime({ ...ctx, settings: runc }, host.sys, host.reaper, flavor);
 }

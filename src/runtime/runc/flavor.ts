@@ -1,6 +1,7 @@
 // What sets one runc-compatible CLI apart from runc when this runtime drives it: extra global flags,
 // where a container's stdio goes, how its init's exit and its stats are learnt. runc mode uses the
 // defaults; another mode (gVisor's runsc) passes its own flavor to RuncRuntime.
+import type { OciCli } from "../../core/oci-cli.js";
 import type { Exit } from "../../sys/reaper.js";
 import type { OciSpec, Stats } from "../../shim/runtime.js";
 
@@ -12,9 +13,8 @@ export interface FlavorContainer {
   spec: OciSpec;
   /** The pid the runtime wrote to its pid file on create. */
   pid: number;
-  /** The CLI (resolved path) and its --root for this container. */
-  binary: string;
-  root: string;
+  /** The client the runtime drives this container with (binary, --root and global flags). */
+  cli: OciCli;
 }
 
 export interface OciFlavor {

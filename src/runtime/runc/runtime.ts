@@ -116,7 +116,7 @@ export class RuncRuntime implements Runtime {
       const rec: ContainerRec = {
         id: req.id, namespace: req.namespace, bundle: req.bundle, rootfs, mounted: req.rootfs.length > 0,
         cli, io, initPid: pid, execs: new Map(), cgroup, stopOom: () => {}, criu: runc.criuPath, ioOwner,
-        view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, binary: cli.binaryPath, root: path.join(runc.root, req.namespace) },
+        view: { id: req.id, namespace: req.namespace, bundle: req.bundle, spec: req.spec, pid, cli },
         stdioAtStart, followed: this.flavor.followInit?.applies(req.spec) ?? false, stopFollowing: () => {},
       };
       const onOom = () => this.ctx.events.oom(req.id);
