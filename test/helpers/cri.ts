@@ -8,7 +8,8 @@ import { assertNoLeaks, type HostSnapshot } from "./leaks.js";
 import { startContainerd, type Containerd } from "./containerd.js";
 import { BUSYBOX_IMAGE, importImage, importPauseImage, PAUSE_IMAGE } from "./image.js";
 import { repoRoot, waitFor } from "./util.js";
-import { criRuntimesToml } from "./modes.js";
+import { stringify as stringifyToml } from "smol-toml";
+import { cocoonRuntime, criRuntimesConfig, type CriRuntimeEntry } from "../../src/cli/lab/containerd-config.js";
 
 export interface CriLab {
   ctrd: Containerd;
@@ -17,17 +18,16 @@ export interface CriLab {
 
 export async function startCriLab(handler: string, cocoonConfigPath: string, cocoonConfig: string, defaultTimeoutMs = 30_000): Promise<CriLab> {
   writeFileSync(cocoonConfigPath, cocoonConfig);
-  const mode = { name: "", handler, config: cocoonConfigPath, rt: [] };
-  return startCriLabWith(criRuntimesToml([mode]), defaultTimeoutMs);
+  return startCriLabWith({ [handler]: cocoonRuntime(cocoonConfigPath) }, defaultTimeoutMs);
 }
 
-/** The same with the runtimes given as containerd config (e.g. every mode's handler). */
-export async function startCriLabWith(runtimesToml: string, defaultTimeoutMs = 30_000): Promise<CriLab> {
+/** The same with several CRI runtimes (e.g. every mode's handler, helpers/modes.ts criRuntimes). */
+export async function startCriLabWith(runtimes: Record<string, CriRuntimeEntry>, defaultTimeoutMs = 30_000): Promise<CriLab> {
   const ctrd = await startContainerd({
     cri: true,
     cni: true,
     pathPrepend: [path.join(repoRoot, "bin")],
-    extraConfig: runtimesToml,
+    extraConfig: stringifyToml(criRuntimesConfig(runtimes)),
   });
   await importPauseImage(ctrd);
   await importImage(ctrd, BUSYBOX_IMAGE, { namespace: "k8s.io" });

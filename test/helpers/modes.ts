@@ -6,6 +6,7 @@ import path from "node:path";
 import { after, before } from "node:test";
 import { MODES } from "../../src/runtime/modes.js";
 import { writeCocoonConfig } from "../../src/cli/lab/lab.js";
+import { cocoonRuntime, type CriRuntimeEntry } from "../../src/cli/lab/containerd-config.js";
 import { repoRoot } from "./util.js";
 import { startContainerd, type Containerd } from "./containerd.js";
 import { BUSYBOX_IMAGE, importImage } from "./image.js";
@@ -20,6 +21,8 @@ export interface ModeUnderTest {
   config: string;
   /** `ctr run` / `ctr task` runtime flags that select it. */
   rt: string[];
+  /** Its CRI runtime setting (RuntimeMode.privilegedWithoutHostDevices). */
+  privilegedWithoutHostDevices: boolean;
 }
 
 /** Writes one config per registered mode into `dir` (root-private, e.g. from mkdtemp). */
@@ -27,7 +30,7 @@ export function modesUnderTest(dir: string, debug = true): ModeUnderTest[] {
   mkdirSync(path.join(dir, "cocoon"), { recursive: true, mode: 0o700 });
   return MODES.map((m) => {
     const config = writeCocoonConfig(repoRoot, dir, m.handler, debug);
-    return { name: m.name, handler: m.handler, config, rt: ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", config] };
+    return { name: m.name, handler: m.handler, config, rt: ["--runtime", "io.containerd.cocoon.v2", "--runtime-config-path", config], privilegedWithoutHostDevices: m.privilegedWithoutHostDevices };
   });
 }
 
@@ -36,12 +39,9 @@ export function podAnnotations(pod: string, role: "sandbox" | "container"): stri
   return ["--annotation", `io.kubernetes.cri.sandbox-id=${pod}`, "--annotation", `io.kubernetes.cri.container-type=${role}`];
 }
 
-/** containerd config registering each mode's handler with the CRI plugin, as `cocoon install` does. */
-export function criRuntimesToml(modes: ModeUnderTest[]): string {
-  return modes.map((m) => {
-    const table = `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${m.handler}`;
-    return `[${table}]\nruntime_type = "io.containerd.cocoon.v2"\npod_annotations = ["io.cocoon.*"]\n[${table}.options]\nConfigPath = "${m.config}"\n`;
-  }).join("");
+/** Each mode's handler as a CRI runtime, as `cocoon install` registers it but with the config written here. */
+export function criRuntimes(modes: ModeUnderTest[]): Record<string, CriRuntimeEntry> {
+  return Object.fromEntries(modes.map((m) => [m.handler, cocoonRuntime(m.config, m.privilegedWithoutHostDevices)]));
 }
 
 /**

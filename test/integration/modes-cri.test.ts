@@ -15,7 +15,7 @@ import type { Containerd } from "../helpers/containerd.js";
 import { startCriLabWith, stopCriLab } from "../helpers/cri.js";
 import { BUSYBOX_IMAGE } from "../helpers/image.js";
 import { snapshotHost, type HostSnapshot } from "../helpers/leaks.js";
-import { criRuntimesToml, modesUnderTest } from "../helpers/modes.js";
+import { criRuntimes, modesUnderTest } from "../helpers/modes.js";
 import { cocoonShims } from "../helpers/procfs.js";
 import { waitFor } from "../helpers/util.js";
 
@@ -39,7 +39,7 @@ describe("a pod through the CRI, in every mode", { timeout: 1_200_000 }, () => {
 
   before(async () => {
     host = await snapshotHost();
-    ({ ctrd, cri } = await startCriLabWith(criRuntimesToml(modes), T));
+    ({ ctrd, cri } = await startCriLabWith(criRuntimes(modes), T));
   });
 
   after(() => stopCriLab({ ctrd, cri }, host, dir));

@@ -52,6 +52,15 @@ function runtimeTable(r: CriRuntimeEntry): TomlTable {
   };
 }
 
+function runtimeTables(runtimes: Record<string, CriRuntimeEntry>): TomlTable {
+  return Object.fromEntries(Object.entries(runtimes).map(([name, r]) => [name, runtimeTable(r)]));
+}
+
+/** Only the CRI plugin's runtimes, as a table to merge over a containerd config (the test harness's). */
+export function criRuntimesConfig(runtimes: Record<string, CriRuntimeEntry>): TomlTable {
+  return { plugins: { [CRI_PLUGIN]: { containerd: { runtimes: runtimeTables(runtimes) } } } };
+}
+
 /** A Cocoon handler entry, as `cocoon install` registers it but with its own config file. */
 export function cocoonRuntime(configPath: string, privilegedWithoutHostDevices = false): CriRuntimeEntry {
   return { runtimeType: RUNTIME_TYPE, podAnnotations: ["io.cocoon.*"], privilegedWithoutHostDevices, options: { ConfigPath: configPath } };
@@ -86,7 +95,7 @@ export function privateContainerdConfig(p: PrivateContainerdPaths, o: PrivateCon
     containerd: {
       snapshotter: "overlayfs",
       default_runtime_name: cri.defaultRuntime,
-      runtimes: Object.fromEntries(Object.entries(cri.runtimes).map(([name, r]) => [name, runtimeTable(r)])),
+      runtimes: runtimeTables(cri.runtimes),
     },
   };
   return cfg;
