@@ -130,3 +130,28 @@ export function writeStateFile(file: string, text: string | Uint8Array, mode = 0
     throw err;
   }
 }
+
+/** A JSON state file's value when it parses and `valid` accepts it; anything else (absent, unsafe, bad) is undefined. */
+export function readCachedJson<T>(file: string, valid: (v: T) => boolean): T | undefined {
+  try {
+    const v = JSON.parse(readStateFile(file) ?? "") as T;
+    return v !== null && typeof v === "object" && valid(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A probe's answer as cached in `file` (see readCachedJson), else a fresh one, saved there for next
+ * time in its root-private dir. A cache that cannot be written costs only another probe later.
+ */
+export async function probeOnce<T>(file: string, valid: (v: T) => boolean, probe: () => Promise<T>): Promise<T> {
+  const cached = readCachedJson(file, valid);
+  if (cached !== undefined) return cached;
+  const fresh = await probe();
+  try {
+    ensurePrivateDir(path.dirname(file));
+    writeStateFile(file, JSON.stringify(fresh));
+  } catch {}
+  return fresh;
+}

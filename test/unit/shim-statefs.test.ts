@@ -9,7 +9,7 @@ import path from "node:path";
 
 const root = mkdtempSync(path.join(os.tmpdir(), "cocoon-statefs-unit-"));
 process.env["COCOON_RUN_DIR"] = path.join(root, "run");
-const { assertPrivateDir, createStateFile, ensurePrivateDir, readStateFile, writeStateFile } = await import("../../src/shim/statefs.js");
+const { assertPrivateDir, createStateFile, ensurePrivateDir, probeOnce, readCachedJson, readStateFile, writeStateFile } = await import("../../src/shim/statefs.js");
 const { claimRunDir, runDirName } = await import("../../src/runtime/vm/rundir.js");
 const { parseConfig, settingsFor } = await import("../../src/shim/config.js");
 const { registerModes } = await import("../../src/shim/modes.js");
@@ -67,6 +67,26 @@ test("state files: a symlink or FIFO in their place is never followed, blocked o
   assert.ok(!lstatSync(path.join(d, "memo")).isSymbolicLink());
   assert.equal(readStateFile(path.join(d, "memo")), "new");
   assert.equal(statSync(path.join(d, "memo")).mode & 0o777, 0o600);
+});
+
+test("a probe runs once per cache file; a cache that is invalid, not JSON or a symlink is probed again", async () => {
+  const d = path.join(dir("probe"), "state");
+  const file = path.join(d, "answer.json");
+  const valid = (v: { ok?: unknown }) => typeof v.ok === "boolean";
+  let runs = 0;
+  const probe = async () => ({ ok: ++runs === 1 });
+  assert.deepEqual(await probeOnce(file, valid, probe), { ok: true });
+  assert.deepEqual(await probeOnce(file, valid, probe), { ok: true }, "the cached answer");
+  assert.equal(runs, 1);
+  for (const bad of ['{"ok": "yes"}', "not json", "null"]) {
+    writeFileSync(file, bad);
+    assert.equal(readCachedJson(file, valid), undefined, bad);
+    assert.deepEqual(await probeOnce(file, valid, probe), { ok: false });
+  }
+  rmSync(file);
+  writeFileSync(path.join(d, "elsewhere.json"), '{"ok": true}');
+  symlinkSync(path.join(d, "elsewhere.json"), file);
+  assert.equal(readCachedJson(file, valid), undefined, "a symlink is not followed");
 });
 
 test("a VM run dir is keyed by namespace and id, and a live owner's is never taken", () => {

@@ -9,7 +9,7 @@
 import { statSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../../core/log.js";
-import { readStateFileOrUndefined, writeStateFile, ensurePrivateDir } from "../../shim/statefs.js";
+import { probeOnce } from "../../shim/statefs.js";
 import { runChild } from "../../sys/children.js";
 
 export type Network = "sandbox" | "host";
@@ -50,17 +50,12 @@ export async function chooseNetwork(setting: NetworkSetting, runsc: string, stat
   try {
     key = `${runsc}@${statSync(runsc).mtimeMs}`;
   } catch {}
-  const file = path.join(stateDir, "network-probe.json");
-  try {
-    const c = JSON.parse(readStateFileOrUndefined(file) ?? "") as NetworkChoice & { key?: string };
-    if (c.key === key && (c.network === "sandbox" || c.network === "host")) return c.network;
-  } catch {}
-  const choice = await probeNetwork(runsc);
-  if (choice.network === "host") log.warn("gVisor network: host (runsc's netstack is unavailable here)", { reason: choice.reason });
-  else log.info("gVisor network: sandbox", { reason: choice.reason });
-  try {
-    ensurePrivateDir(stateDir);
-    writeStateFile(file, JSON.stringify({ ...choice, key }));
-  } catch {}
+  const valid = (c: NetworkChoice & { key?: string }) => c.key === key && (c.network === "sandbox" || c.network === "host");
+  const choice = await probeOnce(path.join(stateDir, "network-probe.json"), valid, async () => {
+    const c = await probeNetwork(runsc);
+    if (c.network === "host") log.warn("gVisor network: host (runsc's netstack is unavailable here)", { reason: c.reason });
+    else log.info("gVisor network: sandbox", { reason: c.reason });
+    return { ...c, key };
+  });
   return choice.network;
 }

@@ -5,7 +5,7 @@
 import { existsSync, rmSync } from "node:fs";
 import path from "node:path";
 import type { Logger } from "../../core/log.js";
-import { ensurePrivateDir, readStateFileOrUndefined, writeStateFile } from "../../shim/statefs.js";
+import { ensurePrivateDir, probeOnce, readCachedJson } from "../../shim/statefs.js";
 import { runChild } from "../../sys/children.js";
 
 export type Platform = "kvm" | "ptrace";
@@ -43,22 +43,17 @@ export async function probeKvmPlatform(runsc: string, stateDir: string, timeoutM
 /** The platform to pass as --platform: the setting itself, or the cached (else fresh) probe answer. */
 export async function choosePlatform(setting: PlatformSetting, runsc: string, stateDir: string, log: Logger): Promise<Platform> {
   if (setting !== "auto") return setting;
-  const cached = cachedProbe(stateDir);
-  if (cached) return cached.platform;
-  const probe = await probeKvmPlatform(runsc, stateDir);
-  log.info("gVisor platform probe", { platform: probe.platform, reason: probe.reason, ms: probe.ms });
-  try {
-    ensurePrivateDir(stateDir);
-    writeStateFile(path.join(stateDir, CACHE_FILE), JSON.stringify(probe));
-  } catch {}
+  const probe = await probeOnce(path.join(stateDir, CACHE_FILE), validProbe, async () => {
+    const p = await probeKvmPlatform(runsc, stateDir);
+    log.info("gVisor platform probe", { platform: p.platform, reason: p.reason, ms: p.ms });
+    return p;
+  });
   return probe.platform;
 }
 
 /** The cached probe answer, if a valid one is there (`cocoon check` shows it). */
 export function cachedProbe(stateDir: string): PlatformProbe | undefined {
-  try {
-    const p = JSON.parse(readStateFileOrUndefined(path.join(stateDir, CACHE_FILE)) ?? "") as PlatformProbe;
-    if (p.platform === "kvm" || p.platform === "ptrace") return p;
-  } catch {}
-  return undefined;
+  return readCachedJson(path.join(stateDir, CACHE_FILE), validProbe);
 }
+
+const validProbe = (p: PlatformProbe) => p.platform === "kvm" || p.platform === "ptrace";

@@ -6,7 +6,7 @@
 import { spawn } from "node:child_process";
 import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
-import { ensurePrivateDir, readStateFile, writeStateFile } from "../../shim/statefs.js";
+import { probeOnce, readCachedJson } from "../../shim/statefs.js";
 import type { Logger } from "../../core/log.js";
 import { PROBE_BOOTED, probeArgs } from "./qemu.js";
 
@@ -106,15 +106,12 @@ export async function probeAccel(o: { qemu: string; kernel: string; workDir: str
 export async function chooseAccel(setting: "auto" | Accel, stateDir: string, log: Logger, qemu = "qemu-system-x86_64", kernel = ""): Promise<Accel> {
   if (setting !== "auto") return setting;
   const cache = path.join(stateDir, "accel-probe.json");
-  try {
-    return (JSON.parse(readStateFile(cache) ?? "") as AccelProbe).accel === "kvm" ? "kvm" : "tcg";
-  } catch {}
-  if (!kernel) return "tcg";
-  const probe = await probeAccel({ qemu, kernel, workDir: stateDir });
-  log.info("KVM probe", { kvm: probe.accel === "kvm", reason: probe.reason, ms: probe.ms });
-  try {
-    ensurePrivateDir(stateDir);
-    writeStateFile(cache, JSON.stringify(probe));
-  } catch {}
-  return probe.accel;
+  // No kernel to boot: TCG, without caching that as the host's answer.
+  if (!kernel) return readCachedJson<AccelProbe>(cache, () => true)?.accel === "kvm" ? "kvm" : "tcg";
+  const probe = await probeOnce<AccelProbe>(cache, () => true, async () => {
+    const p = await probeAccel({ qemu, kernel, workDir: stateDir });
+    log.info("KVM probe", { kvm: p.accel === "kvm", reason: p.reason, ms: p.ms });
+    return p;
+  });
+  return probe.accel === "kvm" ? "kvm" : "tcg";
 }
