@@ -50,12 +50,6 @@ export const unavailable = (msg: string) => new ShimError("Unavailable", msg);
 export const internal = (msg: string, cause?: unknown) => new ShimError("Internal", msg, { cause });
 export const unknownError = (msg: string) => new ShimError("Unknown", msg);
 
-/** Keeps a ShimError as is; anything else becomes Unknown with its message (never loses the text). */
-export function asShimError(err: unknown): ShimError {
-  if (err instanceof ShimError) return err;
-  return new ShimError("Unknown", errorText(err), { cause: err });
-}
-
 /** The kind of any error: a ShimError's own, else Unknown. */
 export function kindOf(err: unknown): ErrorKind {
   return err instanceof ShimError ? err.kind : "Unknown";
